@@ -1,0 +1,131 @@
+"""Generate the shipped `sentiment_contrast` dataset, deterministically.
+
+Run from the repository root:  python data/make_sentiment_contrast.py
+It rewrites data/sentiment_contrast/{train,validation,test}.csv byte for byte the same
+on every run (fixed seed, sorted vocabularies, no hash-order dependence).
+
+Why this task: a sentence's sentiment is decided by *structure*, not by which words it
+contains. "The soup was not great" and "I expected the soup to be bland, but it was great"
+contain the same kind of words as their opposites. Frozen, mean-pooled sentence embeddings
+blur that structure (a linear probe on them does poorly), while fine-tuning the encoder
+learns it. That gap is what the course needs to show what each PEFT method buys.
+
+Splits:
+  train / validation  share the train vocabulary and the train templates (different draws);
+  test                uses HELD-OUT nouns and adjectives, and held-out templates
+                      (paraphrases of the training constructions), so memorising surface
+                      forms does not pass.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+SEED = 20261128
+OUT = Path(__file__).resolve().parent / "sentiment_contrast"
+
+# --- vocabulary: (train, held-out test) --------------------------------------------------
+POS_ADJ_TRAIN = [
+    "good", "great", "excellent", "wonderful", "delightful", "superb", "pleasant", "lovely",
+    "fantastic", "enjoyable", "charming", "impressive", "brilliant", "satisfying", "amazing",
+    "friendly", "fresh", "beautiful", "perfect", "solid",
+]
+NEG_ADJ_TRAIN = [
+    "bad", "terrible", "awful", "horrible", "disappointing", "dreadful", "boring", "poor",
+    "unpleasant", "mediocre", "rude", "bland", "dull", "annoying", "sloppy", "stale",
+    "ugly", "painful", "weak", "miserable",
+]
+POS_ADJ_TEST = ["outstanding", "marvelous", "terrific", "splendid", "magnificent", "fabulous",
+                "gorgeous", "stellar"]
+NEG_ADJ_TEST = ["atrocious", "abysmal", "lousy", "dismal", "pathetic", "appalling",
+                "tedious", "shoddy"]
+NOUN_TRAIN = [
+    "food", "service", "movie", "book", "hotel", "room", "staff", "concert", "show", "game",
+    "coffee", "pizza", "phone", "camera", "trip", "class", "lecture", "album", "car", "bed",
+    "waiter", "soup", "plot", "ending", "music", "flight", "app", "laptop", "museum", "park",
+]
+NOUN_TEST = ["stadium", "sandwich", "documentary", "guide", "festival", "novel", "bakery",
+             "train ride", "tour", "seminar"]
+
+# --- templates: (text pattern, how the label follows from the adjectives) ----------------
+# {n}, {m}: nouns; {a}: the adjective that decides; {b}: a distractor of the OTHER polarity.
+# kind "same": label = polarity of {a};  kind "flip": label = opposite of polarity of {a}.
+TRAIN_TEMPLATES = [
+    ("the {n} was {a}.", "same"),
+    ("the {n} was {a} and the {m} was too.", "same"),
+    ("the {n} was not {a}.", "flip"),
+    ("the {n} was not {a} at all.", "flip"),
+    ("i did not think the {n} was {a}.", "flip"),
+    ("the {n} was never {a}.", "flip"),
+    ("the {n} was {b}, but the {m} was {a}.", "same"),
+    ("i expected the {n} to be {b}, but it was {a}.", "same"),
+    ("although the {n} was {b}, the {m} was {a}.", "same"),
+    ("the {n} was {b} at first, but in the end it was {a}.", "same"),
+    ("the {n} was not {b}, it was {a}.", "same"),
+    ("people say the {n} is {b}, but it is actually {a}.", "same"),
+]
+TEST_TEMPLATES = TRAIN_TEMPLATES + [
+    ("honestly, the {n} was not {a}.", "flip"),
+    ("i would not call the {n} {a}.", "flip"),
+    ("the {n} seemed {b}, yet it turned out {a}.", "same"),
+    ("despite a {b} {m}, the {n} was {a}.", "same"),
+]
+HELD_OUT_TEMPLATES = TEST_TEMPLATES[len(TRAIN_TEMPLATES):]
+
+SIZES = {"train": 2400, "validation": 400, "test": 800}
+
+
+def _sentence(rng: random.Random, template: str, kind: str, pos: list[str], neg: list[str],
+              nouns: list[str]) -> tuple[str, int]:
+    label = rng.randint(0, 1)  # 1 = positive sentiment overall
+    # the deciding adjective: its polarity equals the label for "same", the opposite for "flip"
+    a_positive = (label == 1) if kind == "same" else (label == 0)
+    a = rng.choice(pos if a_positive else neg)
+    b = rng.choice(neg if a_positive else pos)
+    n, m = rng.sample(nouns, 2)
+    text = template.format(n=n, m=m, a=a, b=b)
+    text = text[0].upper() + text[1:]
+    return text, label
+
+
+def make_split(name: str, rng: random.Random, exclude: set[str] = frozenset()
+               ) -> list[tuple[str, int]]:
+    if name == "test":
+        pos, neg, nouns = POS_ADJ_TEST, NEG_ADJ_TEST, NOUN_TEST
+        # half of the test set on held-out templates, half on the training templates
+        templates = [HELD_OUT_TEMPLATES, TRAIN_TEMPLATES]
+    else:
+        pos, neg, nouns = POS_ADJ_TRAIN, NEG_ADJ_TRAIN, NOUN_TRAIN
+        templates = [TRAIN_TEMPLATES]
+    rows: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    while len(rows) < SIZES[name]:
+        group = templates[len(rows) % len(templates)]
+        template, kind = rng.choice(group)
+        text, label = _sentence(rng, template, kind, pos, neg, nouns)
+        if text in seen or text in exclude:
+            continue
+        seen.add(text)
+        rows.append((text, label))
+    return rows
+
+
+def main() -> None:
+    rng = random.Random(SEED)
+    OUT.mkdir(parents=True, exist_ok=True)
+    splits = {"train": make_split("train", rng)}
+    splits["validation"] = make_split("validation", rng, {t for t, _ in splits["train"]})
+    splits["test"] = make_split("test", rng)
+    for name, rows in splits.items():
+        with open(OUT / f"{name}.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(["text", "label"])
+            w.writerows(rows)
+        n_pos = sum(label for _, label in rows)
+        print(f"{name:<11} {len(rows):5d} rows, {n_pos / len(rows):.1%} positive")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""peftlab: parameter-efficient fine-tuning, every method from scratch, for learning.
+
+    import peftlab as pl
+    model, tokenizer = pl.models.text_classifier(num_labels=2)
+    pl.lora.apply(model, pl.lora.LoraConfig(r=8, alpha=16, targets=["query", "value"]))
+    result = pl.train.fit(model, ds.train, ds.validation, tokenizer=tokenizer)
+    pl.save_adapter(model, "my_adapter")
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from peftlab import data, inject, measure, models, runtime, train
+from peftlab.adapters import load_adapter, save_adapter
+from peftlab.registry import after_step, regularization
+from peftlab.report import trainable_report
+
+__version__ = "0.1.0"
+
+# method modules and widgets load on first use, so `import peftlab` stays fast
+_LAZY = {"full", "lora", "prefix", "selection", "adalora", "widgets", "plots", "compare",
+         "exercises", "vision", "hf_peft", "adapters", "report", "registry"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return importlib.import_module(f"peftlab.{name}")
+    raise AttributeError(f"module 'peftlab' has no attribute {name!r}")
+
+
+__all__ = ["after_step", "data", "inject", "load_adapter", "measure", "models",
+           "regularization", "runtime", "save_adapter", "train", "trainable_report",
+           *sorted(_LAZY)]

@@ -1,0 +1,267 @@
+"""Save and load adapters: safetensors for tensors, JSON for the config. Never pickle.
+
+peftlab format (a folder):
+    peftlab_adapter.json          {"format": "peftlab", "format_version": 1, "method": ...,
+                                   "config_class": ..., "config": {...}, "base_model": {...}}
+    adapter_model.safetensors     only the adapter's tensors
+
+Hugging Face PEFT format (format="hf-peft"): adapter_config.json + adapter_model.safetensors
+in the layout `peft.PeftModel.from_pretrained` reads; methods that support it implement
+`to_hf_peft` / `from_hf_peft` (see peftlab/hf_peft.py).
+
+Every file is written atomically (a temp file in the same folder, then os.replace), and
+`load_adapter` checks the config and every tensor's name and shape against the model before
+it changes anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from peftlab.inject import get_config, get_method, get_targets
+from peftlab.registry import method_module
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "peftlab_adapter.json"
+HF_CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+class AdapterError(ValueError):
+    """An adapter file is missing, malformed, or does not fit the model; nothing was changed."""
+
+
+# --- atomic writes -------------------------------------------------------------------------
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: Path, obj) -> None:
+    def w(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+    _atomic_write(Path(path), w)
+
+
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata=None) -> None:
+    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    _atomic_write(Path(path), lambda tmp: save_file(clean, tmp, metadata=metadata))
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise AdapterError(f"{path}: no such file; an adapter folder holds {WEIGHTS_FILE}.")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise AdapterError(f"{path} is not a readable safetensors file (truncated, or another "
+                           f"format such as a pickled .bin/.pt, which peftlab never loads): "
+                           f"{e}") from e
+
+
+def read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise AdapterError(f"{path} is not valid JSON (line {e.lineno}): {e.msg}.") from e
+
+
+# --- config <-> dict ------------------------------------------------------------------------
+
+def config_to_dict(config, targets: list[str] | None = None) -> dict:
+    """A JSON-safe dict of a config dataclass; `targets` replaced by the resolved names."""
+    d = {}
+    for f in dataclasses.fields(config):
+        v = getattr(config, f.name)
+        if f.name in ("targets", "modules_to_save") and f.name == "targets" and targets:
+            v = list(targets)
+        if isinstance(v, tuple):
+            v = list(v)
+        try:
+            json.dumps(v)
+        except TypeError:
+            raise AdapterError(f"Config field {f.name}={v!r} cannot be written to JSON.") from None
+        d[f.name] = v
+    return d
+
+
+def config_from_dict(method: str, class_name: str, d: dict):
+    module = method_module(method)
+    cls = getattr(module, class_name, None)
+    if cls is None or not dataclasses.is_dataclass(cls):
+        raise AdapterError(f"peftlab.{method} has no config class {class_name!r}: the adapter "
+                           f"was written by another peftlab version.")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise AdapterError(f"Adapter config has fields {unknown} that {class_name} does not "
+                           f"know: the adapter was written by a newer peftlab.")
+    return cls(**d)
+
+
+# --- the generic state protocol --------------------------------------------------------------
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors an adapter consists of (method-defined; default: trainable parameters)."""
+    method = get_method(model)
+    if method is None:
+        raise AdapterError("This model carries no peftlab method: apply one first "
+                           "(e.g. pl.lora.apply(model, pl.lora.LoraConfig(...))).")
+    fn = getattr(method_module(method), "adapter_state_dict", None)
+    if fn is not None:
+        return fn(model)
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def check_state(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
+                source: str = "the adapter file") -> None:
+    """Raise AdapterError listing every missing, unexpected or mis-shaped tensor."""
+    problems = []
+    missing = [k for k in expected if k not in tensors]
+    extra = [k for k in tensors if k not in expected]
+    if missing:
+        problems.append(f"missing from {source}: {', '.join(missing[:5])}"
+                        + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""))
+    if extra:
+        problems.append(f"in {source} but not in the model: {', '.join(extra[:5])}"
+                        + (f" (+{len(extra) - 5} more)" if len(extra) > 5 else ""))
+    for k in expected:
+        if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape):
+            problems.append(f"{k}: shape {tuple(tensors[k].shape)} in {source}, "
+                            f"{tuple(expected[k].shape)} in the model")
+    if problems:
+        raise AdapterError("The adapter does not fit this model (was it trained on another "
+                           "base model or config?): " + "; ".join(problems[:8]) + ".")
+
+
+def load_adapter_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    method = get_method(model)
+    fn = getattr(method_module(method), "load_adapter_state", None)
+    if fn is not None:
+        return fn(model, tensors)
+    expected = adapter_state_dict(model)
+    check_state(expected, tensors)
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    with torch.no_grad():
+        for k, v in tensors.items():
+            target = params.get(k, buffers.get(k))
+            target.copy_(v.to(target.dtype))
+
+
+# --- public API -------------------------------------------------------------------------------
+
+def _base_fingerprint(model: nn.Module) -> dict:
+    cfg = getattr(model, "config", None)
+    return {"class": type(model).__name__,
+            "name_or_path": getattr(cfg, "_name_or_path", None) if cfg is not None else None}
+
+
+def save_adapter(model: nn.Module, path: str | Path, format: str = "peftlab") -> Path:
+    """Write the model's adapter (only its tensors + config) to the folder `path`."""
+    if format not in ("peftlab", "hf-peft"):
+        raise ValueError(f"Unknown adapter format {format!r}: use 'peftlab' or 'hf-peft'.")
+    method = get_method(model)
+    if method is None:
+        raise AdapterError("This model carries no peftlab method, so there is no adapter to "
+                           "save; apply one first, or save the whole model with save_pretrained.")
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AdapterError(f"{path} exists and is a file; an adapter is saved as a folder.")
+    if format == "hf-peft":
+        from peftlab import hf_peft
+        hf_config, tensors = hf_peft.export(model)
+        write_tensors(path / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
+        write_json(path / HF_CONFIG_FILE, hf_config)
+        return path
+    config = get_config(model)
+    tensors = adapter_state_dict(model)
+    meta = {
+        "format": "peftlab",
+        "format_version": FORMAT_VERSION,
+        "method": method,
+        "config_class": type(config).__name__,
+        "config": config_to_dict(config, get_targets(model)),
+        "base_model": _base_fingerprint(model),
+        "num_tensors": len(tensors),
+        "num_parameters": int(sum(t.numel() for t in tensors.values())),
+    }
+    write_tensors(path / WEIGHTS_FILE, tensors, metadata={"format": "pt", "peftlab": method})
+    write_json(path / CONFIG_FILE, meta)
+    return path
+
+
+def read_adapter(path: str | Path):
+    """(format, method, config object or hf dict, tensors) from an adapter folder."""
+    path = Path(path)
+    if not path.is_dir():
+        raise AdapterError(f"{path}: no such adapter folder (save_adapter writes a folder "
+                           f"holding {CONFIG_FILE} or {HF_CONFIG_FILE}, and {WEIGHTS_FILE}).")
+    if (path / CONFIG_FILE).is_file():
+        meta = read_json(path / CONFIG_FILE)
+        if meta.get("format") != "peftlab":
+            raise AdapterError(f"{path / CONFIG_FILE} does not say format 'peftlab'.")
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise AdapterError(f"{path} has format_version {meta['format_version']}; this "
+                               f"peftlab reads up to {FORMAT_VERSION}. Upgrade peftlab.")
+        config = config_from_dict(meta["method"], meta["config_class"], meta["config"])
+        return "peftlab", meta["method"], config, read_tensors(path / WEIGHTS_FILE)
+    if (path / HF_CONFIG_FILE).is_file():
+        from peftlab import hf_peft
+        hf_cfg = read_json(path / HF_CONFIG_FILE)
+        method, config, tensors = hf_peft.import_(hf_cfg, read_tensors(path / WEIGHTS_FILE))
+        return "hf-peft", method, config, tensors
+    raise AdapterError(f"{path} holds neither {CONFIG_FILE} (peftlab) nor {HF_CONFIG_FILE} "
+                       f"(Hugging Face PEFT).")
+
+
+def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load an adapter onto `model` (format detected). On a plain base model the saved method
+    is applied first. Everything is checked on a copy before the model itself is touched."""
+    _, method, config, tensors = read_adapter(path)
+    current = get_method(model)
+    if current is not None and current != method:
+        raise AdapterError(f"{path} holds a {method!r} adapter but the model carries "
+                           f"{current!r}; load it onto a plain base model.")
+    module = method_module(method)
+    prepare = getattr(module, "prepare_load", None)
+
+    def attach(m: nn.Module) -> None:
+        if get_method(m) is None:
+            if prepare is not None:
+                prepare(m, config, tensors)
+            else:
+                module.apply(m, config)
+        load_adapter_state(m, tensors)
+
+    # dry run on a copy: any mismatch raises here, and the caller's model is untouched
+    try:
+        attach(copy.deepcopy(model))
+    except AdapterError:
+        raise
+    except (ValueError, RuntimeError, KeyError) as e:
+        raise AdapterError(f"The adapter in {path} does not fit this model: {e}") from e
+    attach(model)
+    return model
