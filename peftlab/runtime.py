@@ -32,8 +32,11 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(device) if not isinstance(device, torch.device) else device
-    if dev.type not in _VALID:
+    try:
+        dev = torch.device(device) if not isinstance(device, torch.device) else device
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in _VALID:
         raise ValueError(f"Unknown device {str(device)!r}: use one of {', '.join(_VALID)} "
                          f"(available here: {', '.join(available_devices())}).")
     if dev.type == "cuda" and not torch.cuda.is_available():
