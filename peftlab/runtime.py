@@ -78,3 +78,20 @@ def seed_everything(seed: int = 0, deterministic: bool = True) -> torch.Generato
     g = torch.Generator()
     g.manual_seed(seed)
     return g
+
+
+def online(host: str = "huggingface.co", port: int = 443, timeout: float = 2.0) -> bool:
+    """True if the Hugging Face hub is reachable (and HF_HUB_OFFLINE is not set).
+
+    Notebooks use it to skip their online-only cells cleanly on an offline machine.
+    """
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or \
+            os.environ.get("TRANSFORMERS_OFFLINE", "0") not in ("", "0"):
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

@@ -42,3 +42,14 @@ def test_seed_everything_seeds_python_numpy_torch():
 def test_seed_rejects_negative():
     with pytest.raises(ValueError, match="seed"):
         runtime.seed_everything(-1)
+
+
+def test_online_respects_offline_flag(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert runtime.online() is False
+
+
+def test_online_false_when_unreachable(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    assert runtime.online(host="127.0.0.1", port=9, timeout=0.5) is False

@@ -1,0 +1,67 @@
+"""Solutions to the course exercises checked by peftlab.exercises.
+
+Instructors: this folder is the answer key. Remove notebooks/solutions/ before handing the
+course out if you want learners to work without it; tests/test_exercises.py runs every
+checker against these solutions.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def lora_forward(x, W, b, A, B, alpha, r):
+    # base path plus the scaled low-rank path: (N, d_in) -> (N, d_out)
+    return x @ W.T + b + (alpha / r) * (x @ A.T @ B.T)
+
+
+def lora_merge(W, A, B, alpha, r):
+    return W + (alpha / r) * B @ A          # (d_out, r) @ (r, d_in) -> (d_out, d_in)
+
+
+def lora_count(d_in, d_out, r):
+    return r * d_in + d_out * r             # A is (r, d_in), B is (d_out, r)
+
+
+def prefix_attention(q, k, v, prefix_k, prefix_v, mask):
+    B, P = q.shape[0], prefix_k.shape[1]
+    k = torch.cat([prefix_k.expand(B, -1, -1, -1), k], dim=2)
+    v = torch.cat([prefix_v.expand(B, -1, -1, -1), v], dim=2)
+    visible = torch.cat([torch.ones(B, P, dtype=torch.bool), mask.bool()], dim=1)
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5              # (B, H, T, P+T)
+    scores = scores.masked_fill(~visible[:, None, None, :], float("-inf"))
+    return F.softmax(scores, dim=-1) @ v
+
+
+def topk_mask(scores, k):
+    flat = scores.flatten()
+    idx = flat.sort(descending=True, stable=True).indices[:k]
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    mask[idx] = True
+    return mask.view_as(scores)
+
+
+def row_mask(scores, k):
+    idx = scores.sort(dim=1, descending=True, stable=True).indices[:, :k]
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    mask.scatter_(1, idx, True)
+    return mask
+
+
+def budget(step, init_budget, target_budget, tinit, tfinal, total_steps):
+    if step <= tinit:
+        return init_budget
+    if step > total_steps - tfinal:
+        return target_budget
+    progress = 1 - (step - tinit) / (total_steps - tfinal - tinit)
+    return int((init_budget - target_budget) * progress ** 3 + target_budget)
+
+
+SOLUTIONS = {
+    "check_lora_forward": lora_forward,
+    "check_lora_merge": lora_merge,
+    "check_lora_count": lora_count,
+    "check_prefix_attention": prefix_attention,
+    "check_topk_mask": topk_mask,
+    "check_row_mask": row_mask,
+    "check_budget": budget,
+}
