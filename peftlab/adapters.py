@@ -108,7 +108,10 @@ def config_to_dict(config, targets: list[str] | None = None) -> dict:
 
 
 def config_from_dict(method: str, class_name: str, d: dict):
-    module = method_module(method)
+    try:
+        module = method_module(method)
+    except ValueError as e:
+        raise AdapterError(str(e)) from e
     cls = getattr(module, class_name, None)
     if cls is None or not dataclasses.is_dataclass(cls):
         raise AdapterError(f"peftlab.{method} has no config class {class_name!r}: the adapter "
@@ -118,7 +121,10 @@ def config_from_dict(method: str, class_name: str, d: dict):
     if unknown:
         raise AdapterError(f"Adapter config has fields {unknown} that {class_name} does not "
                            f"know: the adapter was written by a newer peftlab.")
-    return cls(**d)
+    try:
+        return cls(**d)
+    except (TypeError, ValueError) as e:
+        raise AdapterError(f"The saved {class_name} is not valid: {e}") from e
 
 
 # --- the generic state protocol --------------------------------------------------------------
@@ -195,6 +201,7 @@ def save_adapter(model: nn.Module, path: str | Path, format: str = "peftlab") ->
         hf_config, tensors = hf_peft.export(model)
         write_tensors(path / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
         write_json(path / HF_CONFIG_FILE, hf_config)
+        _remove_stale(path / CONFIG_FILE)
         return path
     config = get_config(model)
     tensors = adapter_state_dict(model)
@@ -210,7 +217,15 @@ def save_adapter(model: nn.Module, path: str | Path, format: str = "peftlab") ->
     }
     write_tensors(path / WEIGHTS_FILE, tensors, metadata={"format": "pt", "peftlab": method})
     write_json(path / CONFIG_FILE, meta)
+    _remove_stale(path / HF_CONFIG_FILE)
     return path
+
+
+def _remove_stale(config_file: Path) -> None:
+    """A folder saved earlier in the other format keeps its config file; it would describe the
+    new tensors wrongly (read_adapter looks at peftlab_adapter.json first), so remove it."""
+    if config_file.is_file():
+        config_file.unlink()
 
 
 def read_adapter(path: str | Path):
@@ -221,11 +236,17 @@ def read_adapter(path: str | Path):
                            f"holding {CONFIG_FILE} or {HF_CONFIG_FILE}, and {WEIGHTS_FILE}).")
     if (path / CONFIG_FILE).is_file():
         meta = read_json(path / CONFIG_FILE)
+        if not isinstance(meta, dict):
+            raise AdapterError(f"{path / CONFIG_FILE} must hold a JSON object.")
         if meta.get("format") != "peftlab":
             raise AdapterError(f"{path / CONFIG_FILE} does not say format 'peftlab'.")
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise AdapterError(f"{path} has format_version {meta['format_version']}; this "
                                f"peftlab reads up to {FORMAT_VERSION}. Upgrade peftlab.")
+        missing = [k for k in ("method", "config_class", "config") if k not in meta]
+        if missing:
+            raise AdapterError(f"{path / CONFIG_FILE} lacks {', '.join(missing)}: it was not "
+                               f"written by save_adapter, or was edited by hand.")
         config = config_from_dict(meta["method"], meta["config_class"], meta["config"])
         return "peftlab", meta["method"], config, read_tensors(path / WEIGHTS_FILE)
     if (path / HF_CONFIG_FILE).is_file():
@@ -245,6 +266,8 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
     if current is not None and current != method:
         raise AdapterError(f"{path} holds a {method!r} adapter but the model carries "
                            f"{current!r}; load it onto a plain base model.")
+    if current == method:
+        _check_same_config(get_config(model), config, path)
     module = method_module(method)
     prepare = getattr(module, "prepare_load", None)
 
@@ -265,3 +288,17 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
         raise AdapterError(f"The adapter in {path} does not fit this model: {e}") from e
     attach(model)
     return model
+
+
+def _check_same_config(have, saved, path) -> None:
+    """Loading into a model that already carries the method: its config must match the file's
+    (targets / modules_to_save are checked tensor by tensor instead)."""
+    if type(have) is not type(saved) or not dataclasses.is_dataclass(have):
+        return
+    diff = [f"{f.name}={getattr(saved, f.name)!r} in the adapter, {getattr(have, f.name)!r} "
+            f"in the model" for f in dataclasses.fields(have)
+            if f.name not in ("targets", "modules_to_save")
+            and getattr(have, f.name) != getattr(saved, f.name)]
+    if diff:
+        raise AdapterError(f"The adapter in {path} was saved with another config: "
+                           f"{'; '.join(diff)}. Load it onto a plain base model instead.")

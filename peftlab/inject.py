@@ -7,7 +7,7 @@ Shared by every method. Target matching rules (one list may mix them):
   "re:.*layer\\.[0-2]\\..*query"  a regular expression, matched against the full name
   re.compile(...)         the same, precompiled
   nn.Conv2d               a module type: every module of that type
-  "all-linear"            every nn.Linear except the output head (see HEAD_NAMES)
+  "all-linear"            every nn.Linear (and GPT-2's Conv1D) except the output head
 
 A target that matches nothing raises before anything changes and lists what exists.
 """
@@ -64,6 +64,15 @@ def is_head(name: str, model: nn.Module | None = None) -> bool:
     return False
 
 
+def _linear_types() -> tuple[type, ...]:
+    """nn.Linear, plus transformers' Conv1D (GPT-2's linear layers, weight stored transposed)."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:
+        return (nn.Linear,)
+    return (nn.Linear, Conv1D)
+
+
 def _matches(name: str, module: nn.Module, spec, model: nn.Module) -> bool:
     if isinstance(spec, type):
         return isinstance(module, spec)
@@ -73,9 +82,12 @@ def _matches(name: str, module: nn.Module, spec, model: nn.Module) -> bool:
         raise TargetError(f"Target {spec!r} is neither a name, a 're:' pattern, a compiled "
                           f"regex, a module type nor 'all-linear'.")
     if spec == "all-linear":
-        return isinstance(module, nn.Linear) and not is_head(name, model)
+        return isinstance(module, _linear_types()) and not is_head(name, model)
     if spec.startswith("re:"):
-        return re.fullmatch(spec[3:], name) is not None
+        try:
+            return re.fullmatch(spec[3:], name) is not None
+        except re.error as e:
+            raise TargetError(f"Target {spec!r} is not a valid regular expression: {e}.") from e
     return name == spec or name.endswith("." + spec)
 
 

@@ -1,17 +1,45 @@
-"""Honest measurement: parameters, step time, memory, adapter size.
+"""Honest measurement: parameters, step time, memory, adapter size, inference time.
 
-Memory on CPU is reported as an exact count, not a sampled guess:
-    training_state_bytes = parameters (all) + gradients (trainable) + optimizer state
-which is what fine-tuning methods actually change. Activations are not in it (they depend
-on batch and sequence length, and are the same for every method that runs the full forward).
-On CUDA we report the allocator's peak (torch.cuda.max_memory_allocated), which includes
-activations.
+What each number means (the comparison table prints these, so they must be exact):
+
+trainable / total parameters
+    `count_parameters`: each tensor counted once (tied weights are one tensor), adapters
+    included in `total` (the same rule as Hugging Face PEFT's print_trainable_parameters).
+
+training step time
+    `median_step_time`: the median of the per-step wall times after the first `warmup` steps
+    (first steps allocate buffers and warm caches). On CUDA each step ends with a synchronize,
+    so the time is the GPU's, not the launch's. Wall time on a shared machine is noisy:
+    compare *ratios* measured in one run.
+
+memory
+    On CUDA: the allocator's peak (`torch.cuda.max_memory_allocated`) since the start of
+    training: weights, gradients, optimizer state, activations and temporaries, all of it.
+    On CPU there is no allocator peak to ask for, so we report an exact *count* instead:
+
+        peak_estimate = weights (all) + gradients (trainable) + optimizer state
+                        + activations saved for backward (one training step)
+
+    The first three are summed from the tensors themselves (`training_state_bytes`). The
+    last is counted with autograd's saved-tensor hooks (`SavedTensorMeter`): every tensor the
+    forward pass keeps for the backward pass, each storage once, parameters excluded (they
+    are already in "weights"). Short-lived temporaries are not in it, so it is a lower
+    bound of the true peak, but it is deterministic and moves exactly where PEFT methods
+    save memory: fewer gradients, less optimizer state, fewer saved activations (a frozen
+    layer saves no input for a weight gradient it does not need).
+    We also record the process's peak resident set size (`peak_rss_bytes`, Linux: VmHWM,
+    reset before training) for reference; it includes Python, torch's libraries and
+    everything else the process holds, so it is not used for ratios.
+
+adapter size
+    `adapter_size`: bytes on disk of `pl.save_adapter(model, ...)` (safetensors + JSON).
 """
 
 from __future__ import annotations
 
 import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,16 +47,16 @@ import torch
 from torch import nn
 
 
+# --- parameters ------------------------------------------------------------------------------
+
+def _unique_parameters(model: nn.Module) -> list[torch.nn.Parameter]:
+    return list({id(p): p for p in model.parameters()}.values())
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameters, each shared tensor counted once."""
-    seen, trainable, total = set(), 0, 0
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        trainable += p.numel() if p.requires_grad else 0
-    return trainable, total
+    params = _unique_parameters(model)
+    return (sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
@@ -36,20 +64,18 @@ def tensor_bytes(t: torch.Tensor) -> int:
 
 
 def parameter_bytes(model: nn.Module, trainable_only: bool = False) -> int:
-    return sum(tensor_bytes(p) for p in {id(p): p for p in model.parameters()}.values()
+    return sum(tensor_bytes(p) for p in _unique_parameters(model)
                if p.requires_grad or not trainable_only)
 
+
+# --- training state: weights + gradients + optimizer state --------------------------------------
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer | None) -> int:
     """Bytes held by the optimizer's per-parameter state (Adam: exp_avg + exp_avg_sq + step)."""
     if optimizer is None:
         return 0
-    total = 0
-    for state in optimizer.state.values():
-        for v in state.values():
-            if torch.is_tensor(v):
-                total += tensor_bytes(v)
-    return total
+    return sum(tensor_bytes(v) for state in optimizer.state.values()
+               for v in state.values() if torch.is_tensor(v))
 
 
 def training_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
@@ -62,14 +88,58 @@ def training_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | No
 
 
 def adam_state_bytes_estimate(model: nn.Module) -> dict:
-    """The same count before any step: Adam keeps two fp32 moments per trainable parameter."""
-    trainable, _ = count_parameters(model)
+    """The same count before any step: Adam keeps two moments (exp_avg, exp_avg_sq) of each
+    trainable parameter's dtype, plus a 4-byte fp32 `step` counter per parameter tensor."""
+    trainable = [p for p in _unique_parameters(model) if p.requires_grad]
     weights = parameter_bytes(model)
     grads = parameter_bytes(model, trainable_only=True)
-    opt = trainable * 2 * 4
+    opt = sum(2 * tensor_bytes(p) + 4 for p in trainable)
     return {"weights": weights, "gradients": grads, "optimizer": opt,
             "total": weights + grads + opt}
 
+
+# --- activations saved for backward ------------------------------------------------------------
+
+class SavedTensorMeter:
+    """Count the bytes autograd saves for the backward pass while the block runs.
+
+        with SavedTensorMeter(model) as meter:
+            loss = loss_fn(model, batch)
+        meter.bytes          # activations kept alive until loss.backward()
+
+    Each storage is counted once (views and repeated saves share it); the model's parameters
+    are excluded. The tensors are only looked at, never copied or changed.
+    """
+
+    def __init__(self, model: nn.Module | None = None):
+        params = _unique_parameters(model) if model is not None else []
+        self._param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+        self._seen: set[int] = set()
+        self.bytes = 0
+        self.count = 0
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        self.count += 1
+        try:
+            storage = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # e.g. sparse or meta tensors
+            return t
+        ptr = storage.data_ptr()
+        if ptr and ptr not in self._param_ptrs and ptr not in self._seen:
+            self._seen.add(ptr)
+            self.bytes += storage.nbytes()
+        return t
+
+    def __enter__(self) -> "SavedTensorMeter":
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._ctx.__exit__(*exc)
+
+
+# --- process and device peaks ------------------------------------------------------------------
 
 def peak_memory_bytes(device: torch.device | str) -> int | None:
     """The CUDA allocator's peak since the last reset; None off CUDA."""
@@ -79,13 +149,33 @@ def peak_memory_bytes(device: torch.device | str) -> int | None:
     return None
 
 
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter of this process (Linux only); True if it worked."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far (Linux/macOS), in bytes."""
+    """Peak resident memory of this process (Linux: VmHWM since the last reset_peak_rss;
+    elsewhere the lifetime peak from getrusage), in bytes."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
     import sys
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
+
+# --- time --------------------------------------------------------------------------------------
 
 def median_step_time(times: list[float], warmup: int = 2) -> float:
     """Median of per-step seconds, skipping the first `warmup` steps (allocations, caches)."""
@@ -95,6 +185,76 @@ def median_step_time(times: list[float], warmup: int = 2) -> float:
     return float(statistics.median(kept))
 
 
+def _sync(model: nn.Module) -> None:
+    p = next(model.parameters(), None)
+    if p is not None and p.device.type == "cuda":
+        torch.cuda.synchronize(p.device)
+
+
+@torch.no_grad()
+def inference_time(model: nn.Module, batch, repeats: int = 5, warmup: int = 1) -> float:
+    """Median seconds of one forward pass on `batch` (a dict of tensors or a tensor, already on
+    the model's device). The model's train/eval mode is restored afterwards."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats!r}")
+    was_training = model.training
+    model.eval()
+    times = []
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        model(**batch) if isinstance(batch, dict) else model(batch)
+        _sync(model)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    model.train(was_training)
+    return float(statistics.median(times))
+
+
+def merge_functions(model: nn.Module):
+    """(merge, unmerge) of the model's method if it can fold its adapter into the base
+    weights (LoRA, AdaLoRA), else None."""
+    from peftlab.inject import get_method
+    from peftlab.registry import method_module
+
+    name = get_method(model)
+    if name is None:
+        return None
+    module = method_module(name)
+    merge, unmerge = getattr(module, "merge", None), getattr(module, "unmerge", None)
+    return (merge, unmerge) if merge and unmerge else None
+
+
+def inference_times(model: nn.Module, batch, repeats: int = 5) -> dict:
+    """Forward-pass time before merging and, where the method can merge, after merging
+    (then unmerged again, so the model is left as it was).
+
+    Returns {"unmerged": s, "merged": s or None, "max_abs_diff": float or None}; the last is
+    the largest change of the outputs caused by merging (float rounding only).
+    """
+    out = {"unmerged": inference_time(model, batch, repeats), "merged": None,
+           "max_abs_diff": None}
+    fns = merge_functions(model)
+    if fns is None:
+        return out
+    merge, unmerge = fns
+    with torch.no_grad():
+        from peftlab.train import logits_of
+        was_training = model.training
+        model.eval()
+        before = logits_of(model, batch).float()
+        merge(model)
+        try:
+            after = logits_of(model, batch).float()
+            out["merged"] = inference_time(model, batch, repeats)
+        finally:
+            unmerge(model)
+        model.train(was_training)
+    out["max_abs_diff"] = float((before - after).abs().max())
+    return out
+
+
+# --- files -------------------------------------------------------------------------------------
+
 def folder_size(path: str | Path) -> int:
     """Total bytes of the files in a folder (an adapter) or of one file."""
     path = Path(path)
@@ -103,22 +263,21 @@ def folder_size(path: str | Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-@torch.no_grad()
-def inference_time(model: nn.Module, batch, repeats: int = 5, warmup: int = 1) -> float:
-    """Median seconds of one forward pass on `batch` (dict of tensors or a tensor)."""
-    model.eval()
-    times = []
-    for i in range(warmup + repeats):
-        t0 = time.perf_counter()
-        model(**batch) if isinstance(batch, dict) else model(batch)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return float(statistics.median(times))
+def adapter_size(model: nn.Module, path: str | Path | None = None) -> int:
+    """Bytes on disk of the model's adapter as pl.save_adapter writes it (to `path`, or to a
+    temporary folder that is removed afterwards)."""
+    from peftlab.adapters import save_adapter
 
+    if path is not None:
+        return folder_size(save_adapter(model, path))
+    with tempfile.TemporaryDirectory(prefix="peftlab-size-") as tmp:
+        return folder_size(save_adapter(model, Path(tmp) / "adapter"))
+
+
+# --- formatting --------------------------------------------------------------------------------
 
 def human_bytes(n: float | None) -> str:
+    """1536 -> '1.5 KB' (binary units, as the memory columns print them)."""
     if n is None:
         return "-"
     for unit in ("B", "KB", "MB", "GB"):

@@ -26,7 +26,7 @@ METHODS = {
     "full": "peftlab.full",
     "lora": "peftlab.lora",
     "prefix": "peftlab.prefix",
-    "prompt": "peftlab.prefix",
+    "prompt": "peftlab.prompt",
     "selection": "peftlab.selection",
     "adalora": "peftlab.adalora",
 }

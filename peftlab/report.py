@@ -46,6 +46,10 @@ class TrainableReport:
         return (f"trainable params: {self.trainable:,} || all params: {self.total:,} || "
                 f"trainable%: {100 * self.fraction:.4f}")
 
+    def __repr__(self) -> str:  # the dataclass default would print every row
+        return (f"TrainableReport(method={self.method!r}, trainable={self.trainable:,}, "
+                f"total={self.total:,}, fraction={self.fraction:.4%}, rows={len(self.rows)})")
+
     def trainable_rows(self) -> list[ModuleRow]:
         return [r for r in self.rows if r.trainable]
 
@@ -65,7 +69,7 @@ class TrainableReport:
     def _repr_html_(self) -> str:
         rows = self.trainable_rows()
         body = "".join(
-            f"<tr><td><code>{html.escape(r.name or '(root)')}</code></td><td>{r.type}</td>"
+            f"<tr><td><code>{html.escape(r.name or '(root)')}</code></td><td>{html.escape(r.type)}</td>"
             f"<td style='text-align:right'>{r.trainable:,}</td>"
             f"<td style='text-align:right'>{r.total:,}</td></tr>" for r in rows)
         return (f"<p><b>{html.escape(self.method or 'plain model')}</b>: "

@@ -11,20 +11,37 @@ It is the plain PyTorch loop, written once, with the chores done:
         optimizer.zero_grad()
 
 plus device placement, seeding, a tqdm progress bar, evaluation per epoch, optional mixed
-precision on GPU, callbacks (what the TrainingMonitor widget listens to) and measurement.
+precision on GPU, callbacks (what the TrainingMonitor widget listens to), measurement
+(peftlab/measure.py) and multi-process data parallelism under torchrun.
 No method gets a private code path: a hand-written loop with the same calls trains the same.
 
 Batches: a dict of tensors with a "labels" entry (text; the model returns logits or an
 object with .logits), or a tuple (inputs, labels) (vision). A TextSplit from pl.data plus
 `tokenizer=` is turned into a DataLoader for you.
+
+More than one process (torchrun)
+--------------------------------
+Launched as `torchrun --nproc_per_node=N my_script.py`, fit() finds WORLD_SIZE > 1 in the
+environment, joins the process group (gloo on CPU, nccl on CUDA, one GPU per process) and
+wraps the model in DistributedDataParallel. `batch_size` stays the *global* batch: every
+process reads the same batches in the same order and computes the loss on its 1/N slice of
+each; DDP averages the gradients, weighted so the result is the gradient of the whole
+batch's mean loss. So N processes take exactly the steps one process would take (up to
+float rounding and dropout randomness), only faster. Only trainable parameters are
+synchronised, so an adapter run sends adapter-sized gradients. Save from one process:
+
+    result = pl.train.fit(model, ds.train, ds.validation, tokenizer=tok)
+    if pl.train.is_main_process():
+        pl.save_adapter(model, "adapter")
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -93,13 +110,71 @@ def evaluate(model: nn.Module, data: Iterable, device=None) -> dict:
     return {"loss": loss_sum / total, "accuracy": correct / total, "n": total}
 
 
+# --- more than one process -------------------------------------------------------------------
+
+def world() -> tuple[int, int, int]:
+    """(world_size, rank, local_rank) from torchrun's environment; (1, 0, 0) otherwise."""
+    return (int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def is_main_process() -> bool:
+    """True in a single process, and in rank 0 under torchrun: the one that saves and prints."""
+    return world()[1] == 0
+
+
+def _init_distributed(device: torch.device) -> torch.device:
+    """Join the process group torchrun set up; return this process's device."""
+    import torch.distributed as dist
+
+    _, _, local_rank = world()
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    elif device.type == "mps":
+        raise ValueError("Distributed training on Apple MPS is not supported: pass "
+                         "device='cpu' (gloo) or run on CUDA GPUs (nccl).")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def shard(batch, rank: int, world_size: int):
+    """This process's slice of a global batch, and its loss weight.
+
+    Rows are split into `world_size` contiguous chunks (torch.tensor_split). DDP averages the
+    processes' gradients, so rank r's mean loss is scaled by n_r * world_size / n: the average
+    of the scaled gradients is then exactly the gradient of the mean loss over all n rows. A
+    rank left without rows (a tiny last batch) reuses row 0 with weight 0.
+    """
+    _, labels = split_batch(batch)
+    n = labels.shape[0]
+    rows = torch.tensor_split(torch.arange(n), world_size)[rank]
+    weight = len(rows) * world_size / n
+    if len(rows) == 0:
+        rows, weight = torch.arange(1), 0.0
+
+    def take(x):
+        if torch.is_tensor(x) and x.dim() > 0 and x.shape[0] == n:
+            return x[rows.to(x.device)]
+        if isinstance(x, dict):
+            return {k: take(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return type(x)(take(v) for v in x)
+        return x
+    return take(batch), weight
+
+
 # --- state passed to callbacks -------------------------------------------------------------
 
 @dataclass
 class FitState:
+    """What callbacks see. on_train_begin / on_step_end / on_epoch_end / on_train_end(state);
+    inside on_step_end the step's gradients are still on the parameters."""
+
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    epoch: int = 0
+    epoch: int = 0                # 0-based epoch in progress; in on_epoch_end: epochs completed
     step: int = 0                 # optimizer steps done so far (1-based inside on_step_end)
     total_steps: int = 0
     loss: float = float("nan")
@@ -111,13 +186,15 @@ class FitState:
 @dataclass
 class FitResult:
     history: list[dict]           # one row per step: step, epoch, loss, lr, time
-    evals: list[dict]             # one row per epoch: epoch, loss, accuracy
-    trainable: int
-    total: int
+    evals: list[dict]             # one row per epoch: epoch, step, loss, accuracy, n
+    trainable: int                # trainable parameters (each tensor once)
+    total: int                    # all parameters
     step_time: float              # median seconds per training step after warm-up
     train_time: float             # wall seconds of the whole loop (evaluation included)
-    memory: dict                  # training_state_bytes (+ cuda_peak on GPU)
+    memory: dict                  # bytes: weights, gradients, optimizer, total (= those three),
+                                  # activations, peak, peak_kind, rss_peak (+ cuda_peak on GPU)
     device: str
+    world_size: int = 1           # processes that trained together (torchrun)
 
     @property
     def final(self) -> dict:
@@ -129,7 +206,7 @@ class FitResult:
         return (f"FitResult(steps={len(self.history)}, eval_accuracy={acc_s}, "
                 f"trainable={self.trainable:,}/{self.total:,}, "
                 f"step_time={self.step_time * 1000:.0f} ms, "
-                f"memory={measure.human_bytes(self.memory.get('total'))})")
+                f"peak_memory={measure.human_bytes(self.memory.get('peak'))})")
 
 
 def _call(callbacks, hook: str, state: FitState) -> None:
@@ -142,6 +219,7 @@ def _call(callbacks, hook: str, state: FitState) -> None:
 
 
 def _schedule(name: str, total: int, warmup: int) -> Callable[[int], float]:
+    """LR multiplier per step: linear warm-up, then constant / linear decay / cosine decay."""
     if name == "constant":
         return lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
     if name == "linear":
@@ -151,6 +229,16 @@ def _schedule(name: str, total: int, warmup: int) -> Callable[[int], float]:
         return lambda s: ((s + 1) / warmup if s < warmup else
                           0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
     raise ValueError(f"Unknown lr schedule {name!r}: use 'linear', 'cosine' or 'constant'.")
+
+
+def _make_optimizer(optimizer, params, lr, weight_decay):
+    if not isinstance(optimizer, str):
+        return optimizer(params)
+    if optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    raise ValueError(f"Unknown optimizer {optimizer!r}: 'adamw', 'sgd' or a callable.")
 
 
 # --- the loop ------------------------------------------------------------------------------
@@ -165,9 +253,14 @@ def fit(model: nn.Module, train, eval=None, *, epochs: float = 1, lr: float = 1e
     """Train the model's trainable parameters on `train`; evaluate on `eval` each epoch.
 
     train / eval: DataLoaders (or any re-iterable of batches), or pl.data TextSplits with
-    `tokenizer=`. epochs may be fractional; max_steps caps the total. optimizer: "adamw",
-    "sgd", or a callable params -> optimizer. warmup: fraction of steps (or an int count).
+    `tokenizer=` (batch_size, max_length apply). epochs may be fractional; max_steps caps the
+    total. optimizer: "adamw", "sgd", or a callable params -> optimizer. warmup: fraction of
+    steps (a float) or a step count (an int). schedule: "linear", "cosine" or "constant".
     loss: loss(model, batch) -> scalar; default cross-entropy (train.loss_fn).
+    amp: mixed precision on CUDA (bf16 autocast where supported, else fp16 with loss
+    scaling); ignored on CPU/MPS. callbacks: objects with any of on_train_begin,
+    on_step_end, on_epoch_end, on_train_end(state), or plain callables (called per step).
+    Under torchrun, trains data-parallel (see the module docstring).
     """
     if not (isinstance(epochs, (int, float)) and epochs > 0):
         raise ValueError(f"epochs must be > 0, got {epochs!r}")
@@ -175,7 +268,15 @@ def fit(model: nn.Module, train, eval=None, *, epochs: float = 1, lr: float = 1e
         raise ValueError(f"max_steps must be > 0, got {max_steps!r}")
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    _schedule(schedule, 1, 0)  # validates the name before anything changes
     device = get_device(device)
+    world_size, rank, _ = world()
+    distributed = world_size > 1
+    if distributed:
+        device = _init_distributed(device)
+        progress = progress and rank == 0
     seed_everything(seed)
     train = _as_loader(train, tokenizer, batch_size, True, seed, max_length, "train")
     eval = _as_loader(eval, tokenizer, batch_size * 2, False, seed, max_length, "eval")
@@ -184,15 +285,11 @@ def fit(model: nn.Module, train, eval=None, *, epochs: float = 1, lr: float = 1e
         raise ValueError("The model has no trainable parameters: apply a method first "
                          "(e.g. pl.lora.apply) or pl.full.apply(model, pl.full.FullConfig()).")
     model.to(device)
-    if isinstance(optimizer, str):
-        if optimizer == "adamw":
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-        elif optimizer == "sgd":
-            opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-        else:
-            raise ValueError(f"Unknown optimizer {optimizer!r}: 'adamw', 'sgd' or a callable.")
-    else:
-        opt = optimizer(params)
+    net = model
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    opt = _make_optimizer(optimizer, params, lr, weight_decay)
     steps_per_epoch = len(train)
     total = math.ceil(steps_per_epoch * epochs)
     total = min(total, max_steps) if max_steps else total
@@ -200,11 +297,16 @@ def fit(model: nn.Module, train, eval=None, *, epochs: float = 1, lr: float = 1e
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(schedule, total, n_warm))
     loss_f = loss or loss_fn
     use_amp = amp and device.type == "cuda"
+    amp_dtype = (torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported()
+                 else torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     callbacks = list(callbacks)
     state = FitState(model=model, optimizer=opt, total_steps=total)
     history, evals, times = [], [], []
+    activations = 0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    measure.reset_peak_rss()
 
     from tqdm.auto import tqdm
     bar = tqdm(total=total, desc="training", disable=not progress, leave=False)
@@ -216,19 +318,36 @@ def fit(model: nn.Module, train, eval=None, *, epochs: float = 1, lr: float = 1e
         for batch in train:
             t0 = time.perf_counter()
             batch = to_device(batch, device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss_val = loss_f(model, batch) + regularization(model)
-            loss_val.backward()
+            weight = 1.0
+            if distributed:
+                batch, weight = shard(batch, rank, world_size)
+            # the first step also counts the activations autograd keeps for backward
+            meter = measure.SavedTensorMeter(model) if step == 0 else None
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                if meter is not None:
+                    with meter:
+                        task_loss = loss_f(net, batch)
+                    activations = meter.bytes
+                else:
+                    task_loss = loss_f(net, batch)
+                loss_val = task_loss * weight + regularization(model)
+            scaler.scale(loss_val).backward()
             if max_grad_norm:
+                scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
-            after_step(model, step)
+            after_step(model, step)   # step: 0-based index of the step just taken
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             dt = time.perf_counter() - t0
             step += 1
-            state.step, state.epoch, state.loss = step, epoch, loss_val.item()
+            shown = task_loss.detach().float()
+            if distributed:  # the whole batch's mean loss, the same on every process
+                shown = shown * weight / world_size
+                torch.distributed.all_reduce(shown)
+            state.step, state.epoch, state.loss = step, epoch, shown.item()
             state.lr, state.step_time = opt.param_groups[0]["lr"], dt
             _call(callbacks, "on_step_end", state)   # grads still there for the monitor
             opt.zero_grad(set_to_none=True)
@@ -240,26 +359,37 @@ def fit(model: nn.Module, train, eval=None, *, epochs: float = 1, lr: float = 1e
             if step >= total:
                 break
         epoch += 1
+        state.epoch = epoch   # epochs completed, as in the evals rows
         if eval is not None and (eval_every_epoch or step >= total):
             metrics = evaluate(model, eval, device)
             evals.append({"epoch": epoch, "step": step, **metrics})
             state.eval_metrics = metrics
-            bar.write(f"epoch {epoch}: eval loss {metrics['loss']:.4f}, "
-                      f"accuracy {metrics['accuracy']:.4f}") if progress else None
+            if progress:
+                bar.write(f"epoch {epoch}: eval loss {metrics['loss']:.4f}, "
+                          f"accuracy {metrics['accuracy']:.4f}")
         _call(callbacks, "on_epoch_end", state)
     bar.close()
     _call(callbacks, "on_train_end", state)
     trainable, n_total = measure.count_parameters(model)
     memory = measure.training_state_bytes(model, opt)
+    memory["activations"] = activations
+    memory["rss_peak"] = measure.peak_rss_bytes()
     if device.type == "cuda":
-        memory["cuda_peak"] = measure.peak_memory_bytes(device)
+        memory["cuda_peak"] = memory["peak"] = measure.peak_memory_bytes(device)
+        memory["peak_kind"] = "CUDA allocator peak (torch.cuda.max_memory_allocated)"
+    else:
+        memory["peak"] = memory["total"] + activations
+        memory["peak_kind"] = ("weights + gradients + optimizer state + activations saved for "
+                               "backward (exact count, see peftlab.measure)")
     return FitResult(history=history, evals=evals, trainable=trainable, total=n_total,
                      step_time=measure.median_step_time(times),
                      train_time=time.perf_counter() - t_start, memory=memory,
-                     device=str(device))
+                     device=str(device), world_size=world_size)
 
 
 def _as_loader(data, tokenizer, batch_size, shuffle, seed, max_length, what):
+    """A re-iterable of batches with a len(): DataLoaders pass through; TextSplits and
+    map-style Datasets become seeded DataLoaders; generators are materialised."""
     if data is None:
         return None
     if hasattr(data, "loader") and hasattr(data, "texts"):
@@ -280,3 +410,7 @@ def _as_loader(data, tokenizer, batch_size, shuffle, seed, max_length, what):
     if len(data) == 0:
         raise ValueError(f"fit() got an empty {what} set.")
     return data
+
+
+__all__ = ["FitResult", "FitState", "evaluate", "fit", "forward", "is_main_process",
+           "logits_of", "loss_fn", "shard", "split_batch", "to_device", "world"]

@@ -1,0 +1,134 @@
+"""`peftlab compare`: every landed method runs, the report is honest and reproducible, and
+bad options stop with argparse's exit code 2 naming the option. Runs use --quick and a tiny
+BERT (the embedded model only where the CLI itself is exercised)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+import peftlab as pl
+from peftlab import cli, compare
+
+
+def tiny_text_model():
+    tok = AutoTokenizer.from_pretrained(str(pl.models.default_text_model_path()))
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+                     num_labels=2)
+    return BertForSequenceClassification(cfg).eval(), tok
+
+
+@pytest.fixture(scope="module")
+def quick_report():
+    return compare.run(None, quick=True, seed=0, model_fn=tiny_text_model, device="cpu")
+
+
+def test_every_text_method_runs_and_is_measured(quick_report):
+    rows = {r["method"]: r for r in quick_report.rows}
+    assert list(rows) == ["full", "head", "lora", "prefix", "prompt", "selection", "adalora"]
+    for name, r in rows.items():
+        assert r["status"] == "ok", (name, r.get("traceback"))
+        assert 0 < r["trainable"] <= r["total"] and 0 <= r["test_accuracy"] <= 1
+        assert r["step_time_s"] > 0 and r["adapter_bytes"] > 0 and r["peak_memory_bytes"] > 0
+        assert r["peak_memory_bytes"] == (r["weights_bytes"] + r["gradients_bytes"]
+                                          + r["optimizer_bytes"] + r["activations_bytes"])
+    full = rows["full"]
+    assert full["step_time_ratio"] == 1.0 and full["memory_ratio"] == 1.0
+    assert full["trainable"] == full["total"] and full["trainable_pct"] == 100.0
+    for name in ("head", "lora", "prefix", "prompt", "selection", "adalora"):
+        assert rows[name]["trainable"] < full["trainable"] / 20
+        assert rows[name]["memory_ratio"] < 1          # no gradients / Adam state for the base
+        assert rows[name]["adapter_bytes"] < full["adapter_bytes"] / 5
+    assert rows["head"]["trainable"] == 32 * 2 + 2      # the classifier of the tiny model
+    assert rows["lora"]["infer_merged_s"] is not None   # LoRA can merge
+    assert rows["full"]["infer_merged_s"] is None
+
+
+def test_same_seed_same_accuracies(quick_report):
+    again = compare.run(None, quick=True, seed=0, model_fn=tiny_text_model, device="cpu")
+    for a, b in zip(quick_report.rows, again.rows):
+        assert (a["method"], a["test_accuracy"], a["final_train_loss"]) == \
+               (b["method"], b["test_accuracy"], b["final_train_loss"])
+
+
+def test_report_files(quick_report, tmp_path):
+    paths = quick_report.write(tmp_path)
+    with open(paths["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method"] for r in rows] == [r["method"] for r in quick_report.rows]
+    assert {"method", "test_accuracy", "trainable", "step_time_ratio", "memory_ratio",
+            "adapter_bytes"} <= set(rows[0])
+    assert float(rows[0]["test_accuracy"]) == quick_report.rows[0]["test_accuracy"]
+    assert json.loads(paths["json"].read_text())["rows"][2]["method"] == "lora"
+    assert paths["png"].stat().st_size > 10_000
+    assert compare.Report.load(tmp_path).rows[1]["trainable"] == quick_report.rows[1]["trainable"]
+    table = quick_report.table()
+    assert "lora" in table and "x full" in table and "test acc" in table
+
+
+def test_missing_and_failing_methods_are_reported_not_faked(monkeypatch):
+    def broken(model, ctx):
+        raise RuntimeError("boom")
+    specs = dict(compare.TEXT_METHODS)
+    specs["lora"] = compare.MethodSpec("lora", "peftlab.no_such_module", "-",
+                                       compare.Budget(64, 1, 1e-3), broken)
+    specs["head"] = compare.MethodSpec("head", "peftlab.full", "-",
+                                       compare.Budget(64, 1, 1e-3), broken)
+    monkeypatch.setitem(compare.METHODS, "text", specs)
+    rep = compare.run(["head", "lora"], quick=True, model_fn=tiny_text_model)
+    head, lora = rep.rows
+    assert head["status"] == "failed" and "boom" in head["note"]
+    assert lora["status"] == "missing" and "no_such_module" in lora["note"]
+    assert "FAILED" in rep.table() and "MISSING" in rep.table()
+
+
+def test_vision_task_quick():
+    rep = compare.run(None, task="vision", quick=True, device="cpu")
+    assert [r["method"] for r in rep.rows] == ["full", "head", "lora", "selection"]
+    assert all(r["status"] == "ok" for r in rep.rows), [r.get("note") for r in rep.rows]
+    rows = {r["method"]: r for r in rep.rows}
+    assert rows["head"]["trainable"] < rows["lora"]["trainable"] < rows["full"]["trainable"]
+
+
+def test_cli_quick_run_writes_the_report(tmp_path, capsys):
+    code = cli.main(["compare", "--quick", "--methods", "head,lora", "--seed", "1",
+                     "--out", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert code == 0 and "head" in out and "lora" in out
+    assert {p.name for p in (tmp_path / "r").iterdir()} == {"report.csv", "report.json",
+                                                            "compare.png"}
+    settings = json.loads((tmp_path / "r" / "report.json").read_text())["settings"]
+    assert settings["seed"] == 1 and settings["quick"] is True
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["--methods", "full,lorax"], "--methods"),
+    (["--task", "vision", "--methods", "prefix"], "--methods"),
+    (["--epochs", "-1"], "--epochs"),
+    (["--epochs", "0"], "--epochs"),
+    (["--epochs", "two"], "--epochs"),
+    (["--device", "tpu"], "--device"),
+    (["--seed", "-3"], "--seed"),
+    (["--task", "audio"], "--task"),
+])
+def test_bad_options_exit_2_naming_the_option(argv, option, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["compare", *argv])
+    assert e.value.code == 2
+    assert f"argument {option}" in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "peftlab", "compare", "--epochs", "-1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "argument --epochs: must be > 0" in proc.stderr
+    with pytest.raises(ValueError, match="Unknown method"):
+        compare.run(["full", "nope"])
