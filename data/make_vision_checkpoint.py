@@ -30,8 +30,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # use this checkout's peftlab even if another is installed
 
-from peftlab import vision  # noqa: E402
-from peftlab.models import sha256_file  # noqa: E402
+from peftlab import vision
+from peftlab.models import sha256_file
 
 OUT = ROOT / "data" / "vision" / "resnet_digits.safetensors"
 
@@ -74,7 +74,7 @@ def make_checkpoint(out: Path = OUT, config: vision.PretrainConfig | None = None
         "training": {**info["config"], "optimizer": "AdamW", "schedule": "linear, 6% warm-up",
                      "max_grad_norm": 1.0, "augmentation": "1-pixel shifts (x5)" if
                      config.augment else "none", "steps": info["steps"],
-                     "final_loss": round(info["final_loss"], 6), "threads": 1,
+                     "final_loss": round(info["final_loss"], 6),
                      "torch": torch.__version__.split("+")[0]},
         "data": {"source": "sklearn.datasets.load_digits (UCI optdigits test set)",
                  "source_classes": list(vision.SOURCE_CLASSES),
@@ -91,10 +91,11 @@ def make_checkpoint(out: Path = OUT, config: vision.PretrainConfig | None = None
     return meta
 
 
-def transfer_run(kind: str, shots: int, seed: int, path: Path = OUT) -> float:
+def transfer_run(kind: str, shots: int, seed: int) -> float:
     """Test accuracy on digits 5-9 after a short run of one method (a key of TRANSFER)."""
-    import peftlab as pl
     from torch import nn
+
+    import peftlab as pl
 
     model, train, test = vision.transfer_task(shots, seed, TRANSFER_BATCH,
                                               pretrained=kind != "scratch")

@@ -26,9 +26,9 @@ import json
 import math
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -85,7 +85,8 @@ def _selection(model, ctx):
     from peftlab import selection, train
     cfg = selection.SelectionConfig(fraction=ctx["selection_fraction"], per_example=False,
                                     max_batches=8, seed=ctx["seed"])
-    selection.apply(model, cfg, batches=ctx["score_batches"], loss_fn=train.loss_fn)
+    batches = [b for b, _ in zip(ctx["score_loader"](), range(cfg.max_batches))]
+    selection.apply(model, cfg, batches=batches, loss_fn=train.loss_fn)
 
 
 def _adalora(model, ctx):
@@ -209,9 +210,8 @@ def run_method(spec: MethodSpec, task: Task, *, seed: int = 0, device=None,
     data = task.subset(budget.train_size, seed)
     steps = math.ceil(math.ceil(len(data) / budget.batch_size) * budget.epochs)
     model = task.make_model()
-    score_loader = task.loader(data, budget.batch_size, True, seed + 1)
     ctx = {**task.ctx, "tokenizer": task.tokenizer, "seed": seed, "total_steps": steps,
-           "score_batches": [b for b, _ in zip(score_loader, range(8))]}
+           "score_loader": lambda: task.loader(data, budget.batch_size, True, seed + 1)}
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     spec.build(model, ctx)                     # selection scores gradients here: setup time
@@ -295,6 +295,11 @@ class Report:
     def __str__(self) -> str:
         return self.table()
 
+    def figure(self, title: str | None = None):
+        """Accuracy vs trainable parameters, step time and memory bars (plots/compare.py)."""
+        from peftlab.plots.compare import compare_figure
+        return compare_figure(self.rows, title=title or f"peftlab compare: {self.task} task")
+
     def write(self, out: str | Path, plot: bool = True) -> dict[str, Path]:
         """Write report.csv, report.json and (plot=True) compare.png into the folder `out`."""
         import csv
@@ -311,16 +316,15 @@ class Report:
                       indent=2, default=str)
             fh.write("\n")
         if plot:
-            from peftlab.plots.compare import compare_figure
             import matplotlib.pyplot as plt
-            fig = compare_figure(self.rows, title=f"peftlab compare: {self.task} task")
+            fig = self.figure()
             paths["png"] = out / "compare.png"
             fig.savefig(paths["png"], dpi=110, bbox_inches="tight")
             plt.close(fig)
         return paths
 
     @classmethod
-    def load(cls, path: str | Path) -> "Report":
+    def load(cls, path: str | Path) -> Report:
         """Read a report.json (or the folder holding it) written by `write`."""
         path = Path(path)
         path = path / "report.json" if path.is_dir() else path
@@ -359,7 +363,7 @@ def run(methods: list[str] | None = None, *, task: str = "text", seed: int = 0, 
         try:
             rows.append(run_method(specs[name], the_task, seed=seed, device=dev, epochs=epochs,
                                    quick=quick, progress=progress))
-        except Exception as e:  # report it, run the others
+        except Exception as e:  # noqa: BLE001  (report it, run the others)
             rows.append({"method": name, "status": "failed", "description":
                          specs[name].description, "note": f"{type(e).__name__}: {e}",
                          "traceback": traceback.format_exc()})

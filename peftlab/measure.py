@@ -46,7 +46,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-
 # --- parameters ------------------------------------------------------------------------------
 
 def _unique_parameters(model: nn.Module) -> list[torch.nn.Parameter]:
@@ -131,7 +130,7 @@ class SavedTensorMeter:
             self.bytes += storage.nbytes()
         return t
 
-    def __enter__(self) -> "SavedTensorMeter":
+    def __enter__(self) -> SavedTensorMeter:  # noqa: PYI034
         self._ctx.__enter__()
         return self
 

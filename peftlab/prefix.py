@@ -3,7 +3,7 @@
     pl.prefix.apply(model, pl.prefix.PrefixConfig(num_virtual_tokens=10))
     pl.prefix.apply(model, pl.prefix.PrefixConfig(10, projection_hidden=512))  # the paper's MLP
     pl.prefix.fold(model)                       # MLP -> plain prefix tensors, for saving/inference
-    pl.prefix.apply(model, pl.prefix.PromptConfig(num_virtual_tokens=10))  # prompt tuning (prompt.py)
+    pl.prefix.apply(model, pl.prefix.PromptConfig(num_virtual_tokens=10))  # prompt tuning
 
 Each self-attention layer l gets P "virtual tokens" that exist only as a key prefix K_l and a
 value prefix V_l, each (heads, P, head_dim). With the layer's own Q, K, V of shape (B, heads, T, D):
@@ -16,31 +16,44 @@ Every real token attends to all P prefix positions (also in a causal decoder: th
 model is frozen. The trainable count is layers * 2 * P * (kv_heads * head_dim), i.e.
 layers * 2 * P * hidden for ordinary multi-head attention.
 
-How it is wired (transformers >= 5): every attention module calls the function that
-`config._attn_implementation` names in transformers' AttentionInterface. We register our own,
-"peftlab_prefix_sdpa" / "peftlab_prefix_eager": it joins the layer's prefix to the keys and values
-and one column block to the mask, then calls the ordinary sdpa / eager attention. A matching
-mask function (AttentionMaskInterface) makes the causal mask explicit so it can be extended.
-The prefix is never written into the KV cache: it is joined afresh at every step, so cached
-generation sees exactly the same prefix as a full forward pass.
+How it is wired (transformers >= 5; the code is in prefix_attention.py): every attention
+module calls the function that `config._attn_implementation` names in transformers'
+AttentionInterface. We register our own, "peftlab_prefix_sdpa" / "peftlab_prefix_eager": it
+joins the layer's prefix to the keys and values and P open columns to the mask, then calls the
+ordinary sdpa / eager attention. The prefix is never written into the KV cache: it is joined
+afresh at every step, so cached generation sees exactly the prefix a full forward pass sees.
+Differences from HF PEFT: PEFT passes the prefix as past_key_values, which shifts the real
+tokens' position ids by P, and refuses BERT-family encoders under transformers 5.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftlab.inject import ensure_plain, find_targets, freeze, get_config, get_method, mark, unfreeze_modules
-from peftlab.prompt import PromptConfig  # noqa: F401  (pl.prefix.PromptConfig, the design's name)
+from peftlab.inject import (
+    ensure_plain,
+    find_targets,
+    freeze,
+    get_config,
+    get_method,
+    mark,
+    unfreeze_modules,
+)
+from peftlab.prefix_attention import (
+    ATTN_PREFIX,
+    attn_implementation,
+    base_attention,
+    make_mask,
+    probe,
+    register,
+)
+from peftlab.prompt import PromptConfig
 
-ATTN_PREFIX = "peftlab_prefix_"          # registered names: peftlab_prefix_sdpa, peftlab_prefix_eager
-BASES = ("sdpa", "eager")
 CLASSIFIER_HEADS = ("classifier", "score", "qa_outputs")
 
 
@@ -100,7 +113,7 @@ class PrefixEncoder(nn.Module):
         """(key, value) prefixes of one layer, each (H, P, D)."""
         if self.projection_hidden is None:
             return self.key[layer], self.value[layer]
-        L, H, P, D = self.shape
+        _L, H, P, D = self.shape
         h = self.mlp[1](self.mlp[0](self.embedding.weight))            # (P, hidden)
         rows = slice(layer * 2 * H * D, (layer + 1) * 2 * H * D)       # only this layer's outputs
         out = F.linear(h, self.mlp[2].weight[rows], self.mlp[2].bias[rows])  # (P, 2*H*D)
@@ -112,165 +125,15 @@ class PrefixEncoder(nn.Module):
         return torch.stack([torch.stack(self.layer_kv(i)) for i in range(self.shape[0])])
 
 
-# --- the attention function transformers calls ----------------------------------------------
-
-def _base_attention(module: nn.Module, base: str):
-    if base == "sdpa":
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-        return sdpa_attention_forward
-    # the model's own eager function (GPT-2 casts dtypes, others soft-cap...), else BERT's
-    own = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
-    if own is None:
-        from transformers.models.bert.modeling_bert import eager_attention_forward as own
-    return own
-
-
-def extend_mask(mask, P: int, q_len: int, kv_len: int, causal: bool, dtype, device):
-    """Join P always-visible columns on the left of an attention mask (B|1, 1|H, Tq, Tk).
-
-    bool masks (sdpa) get True, additive float masks (eager) get 0. A None mask means "no
-    padding": it stays None for bidirectional attention; a causal layer gets its causal mask
-    spelled out (query i sees keys j <= i + Tk - Tq) because the is_causal shortcut of sdpa
-    would misalign once the keys are longer than the queries."""
-    if mask is None:
-        if not (causal and q_len > 1):
-            return None
-        q = torch.arange(q_len, device=device)[:, None]
-        k = torch.arange(kv_len, device=device)[None, :]
-        mask = (k <= q + kv_len - q_len)[None, None]                  # (1, 1, Tq, Tk)
-        if dtype is not None:
-            mask = torch.where(mask, 0.0, torch.finfo(dtype).min).to(dtype)
-    if mask.dtype == torch.bool:
-        pad = torch.ones(*mask.shape[:-1], P, dtype=torch.bool, device=mask.device)
-    else:
-        pad = torch.zeros(*mask.shape[:-1], P, dtype=mask.dtype, device=mask.device)
-    return torch.cat([pad, mask], dim=-1)
-
-
-def _make_attention(base: str):
-    def prefix_attention(module, query, key, value, attention_mask, **kwargs):
-        fn = _base_attention(module, base)
-        source = module.__dict__.get("peftlab_prefix")
-        if source is None:                 # a layer without prefix (e.g. cross-attention)
-            return fn(module, query, key, value, attention_mask, **kwargs)
-        encoder, layer = source
-        pk, pv = encoder.layer_kv(layer)                                # (Hkv, P, D)
-        B, P = key.shape[0], pk.shape[1]
-        causal = bool(getattr(module, "is_causal", False))
-        mask_dtype = None if base == "sdpa" else query.dtype
-        attention_mask = extend_mask(attention_mask, P, query.shape[2], key.shape[2], causal,
-                                     mask_dtype, query.device)
-        key = torch.cat([pk.to(key.dtype).expand(B, -1, -1, -1), key], dim=2)     # (B, Hkv, P+T, D)
-        value = torch.cat([pv.to(value.dtype).expand(B, -1, -1, -1), value], dim=2)
-        if base == "sdpa":
-            kwargs["is_causal"] = False        # the mask above already says everything
-        out, weights = fn(module, query, key, value, attention_mask, **kwargs)
-        record = encoder.__dict__.get("record")
-        if record is not None and weights is not None:
-            record[layer] = weights.detach()                            # (B, H, Tq, P+Tk)
-        return out, weights
-    return prefix_attention
-
-
-def _make_mask(base: str):
-    from transformers.masking_utils import eager_mask, sdpa_mask
-
-    def prefix_mask(*args, **kwargs):
-        kwargs["allow_is_causal_skip"] = False    # always a real causal mask, to extend
-        return (sdpa_mask if base == "sdpa" else eager_mask)(*args, **kwargs)
-    return prefix_mask
-
-
-def register() -> None:
-    """Register peftlab_prefix_{sdpa,eager} with transformers (idempotent)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
-    for base in BASES:
-        if ATTN_PREFIX + base not in AttentionInterface._global_mapping:
-            AttentionInterface.register(ATTN_PREFIX + base, _make_attention(base))
-            AttentionMaskInterface.register(ATTN_PREFIX + base, _make_mask(base))
-
-
-# --- finding the attention layers: one probing forward pass --------------------------------
-
-@contextlib.contextmanager
-def attn_implementation(model: nn.Module, name: str):
-    old = model.config._attn_implementation
-    model.config._attn_implementation_internal = name
-    try:
-        yield
-    finally:
-        model.config._attn_implementation_internal = old
-
-
-def check_supported(model: nn.Module, who: str = "prefix tuning") -> None:
-    """Raise (changing nothing) if `model` is not a transformers model we can wire."""
-    cfg = getattr(model, "config", None)
-    if cfg is None or not hasattr(model, "get_input_embeddings"):
-        raise TypeError(f"{who} needs a Hugging Face transformers model (it edits attention and "
-                        f"token embeddings); got {type(model).__name__}. For other modules use "
-                        f"pl.lora or pl.full.")
-    if getattr(cfg, "is_encoder_decoder", False):
-        raise TypeError(f"{who} in peftlab supports encoder-only and decoder-only models; "
-                        f"{type(model).__name__} is an encoder-decoder. Use pl.lora instead.")
-
-
-def probe(model: nn.Module) -> list[tuple[nn.Module, tuple]]:
-    """Run one tiny forward pass and record which modules call the attention interface, in
-    order, with their key shape (B, Hkv, T, D). Nothing in the model changes."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
-    check_supported(model)
-    impl = model.config._attn_implementation
-    if impl not in BASES:
-        raise ValueError(f"prefix tuning needs attn_implementation 'sdpa' or 'eager', the model "
-                         f"uses {impl!r}; call model.set_attn_implementation('sdpa') first.")
-    if not type(model)._can_set_attn_implementation():
-        raise TypeError(f"{type(model).__name__} does not route attention through transformers' "
-                        f"AttentionInterface, so peftlab cannot join a prefix to its keys. Use "
-                        f"pl.prefix.PromptConfig (input-level) or pl.lora instead.")
-    calls = []
-
-    def recorder(module, query, key, value, attention_mask, **kwargs):
-        calls.append((module, tuple(query.shape), tuple(key.shape)))
-        return _make_attention(impl)(module, query, key, value, attention_mask, **kwargs)
-
-    AttentionInterface.register("peftlab_probe", recorder)
-    AttentionMaskInterface.register("peftlab_probe", _make_mask(impl))
-    vocab = model.get_input_embeddings().num_embeddings
-    ids = torch.arange(1, 4).clamp(max=vocab - 1)[None].to(model.get_input_embeddings().weight.device)
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad(), attn_implementation(model, "peftlab_probe"):
-            model(input_ids=ids, attention_mask=torch.ones_like(ids))
-    finally:
-        model.train(was_training)
-    modules = [m for m, _, _ in calls]
-    if not calls:
-        raise TypeError(f"{type(model).__name__} made no call to the attention interface in a "
-                        f"forward pass; peftlab cannot place a prefix in it.")
-    if len(set(map(id, modules))) != len(modules):
-        raise TypeError(f"{type(model).__name__} calls the same attention module more than once "
-                        f"per forward (shared layers, as in ALBERT): a per-layer prefix is not "
-                        f"defined there. Use pl.prefix.PromptConfig or pl.lora.")
-    shapes = {(k[1], k[3]) for _, _, k in calls}
-    if len(shapes) > 1 or any(q[2] != k[2] for _, q, k in calls):
-        raise TypeError(f"{type(model).__name__}'s attention layers differ in heads/head size or "
-                        f"attend to other lengths than the input ({sorted(shapes)}); peftlab's "
-                        f"prefix expects uniform self-attention layers.")
-    return [(m, k) for m, _, k in calls]
-
-
 # --- apply / fold / save --------------------------------------------------------------------
 
 def default_heads(model: nn.Module, names: list[str] | None) -> list[str]:
+    """modules_to_save: the given names, or the model's classification head (a module named
+    like CLASSIFIER_HEADS, e.g. RoBERTa's classifier.dense/out_proj); never an LM head."""
     if names is not None:
         return list(names)
     from peftlab.inject import head_names
-    return [n for n in head_names(model) if n.rsplit(".", 1)[-1] in CLASSIFIER_HEADS]
+    return [n for n in head_names(model) if set(n.split(".")[-2:]) & set(CLASSIFIER_HEADS)]
 
 
 def apply(model: nn.Module, config: PrefixConfig | PromptConfig | None = None, tokenizer=None):
@@ -328,11 +191,11 @@ def text_activations(model, tokenizer, text: str, P: int) -> torch.Tensor:
 
     def grab(module, query, key, value, mask, **kw):
         kv.append(torch.stack([key[0], value[0]]))                     # (2, Hkv, P, D)
-        return _base_attention(module, impl)(module, query, key, value, mask, **kw)
+        return base_attention(module, impl)(module, query, key, value, mask, **kw)
 
     AttentionInterface.register("peftlab_grab", grab)
     from transformers.masking_utils import AttentionMaskInterface
-    AttentionMaskInterface.register("peftlab_grab", _make_mask(impl))
+    AttentionMaskInterface.register("peftlab_grab", make_mask(impl))
     was_training = model.training
     try:
         with attn_implementation(model, "peftlab_grab"):
@@ -404,17 +267,13 @@ def attention_to_prefix(model: nn.Module, tokenizer, text: str) -> dict:
             "num_virtual_tokens": P}
 
 
-def to_hf_peft(model: nn.Module):
-    """Refused, with the reason: the two prefixes do not compute the same thing."""
+
+def _no_hf(*_):
     from peftlab.adapters import AdapterError
-    raise AdapterError("peftlab's prefix keeps the real tokens' position ids (0, 1, ...) while "
-                       "Hugging Face PEFT's prefix tuning shifts them by num_virtual_tokens, and "
-                       "PEFT refuses BERT-family encoders; an exported prefix would give other "
-                       "outputs there. Save it with format='peftlab'.")
+    raise AdapterError("peftlab's prefix keeps the real tokens' position ids while Hugging Face "
+                       "PEFT's prefix tuning shifts them by num_virtual_tokens (and refuses BERT "
+                       "encoders), so the adapter would compute something else there. Use "
+                       "format='peftlab' (and peft itself for PEFT's prefix adapters).")
 
 
-def from_hf_peft(hf_cfg: dict, tensors):
-    from peftlab.adapters import AdapterError
-    raise AdapterError("peftlab does not import Hugging Face PREFIX_TUNING adapters: PEFT "
-                       "shifts the real tokens' positions by num_virtual_tokens and peftlab "
-                       "does not, so the adapter would compute something else. Load it with peft.")
+to_hf_peft = from_hf_peft = _no_hf   # refused on purpose, with the reason

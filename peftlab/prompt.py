@@ -1,7 +1,7 @@
 """Prompt tuning (Lester et al., 2021): P trainable input embeddings joined to every input.
 
     pl.prefix.apply(model, pl.prefix.PromptConfig(num_virtual_tokens=10))
-    pl.prefix.apply(model, pl.prefix.PromptConfig(10, init="text", init_text="positive or negative"),
+    pl.prefix.apply(model, pl.prefix.PromptConfig(10, init="text", init_text="good or bad"),
                     tokenizer=tokenizer)
 
 The input-level sibling of prefix tuning: instead of keys and values in every layer, only the
@@ -18,7 +18,8 @@ How it is wired: a forward pre-hook on the model inserts P placeholder token ids
 so GPT-2's classifier still finds the last real token) and extends attention_mask,
 token_type_ids, position_ids and token-level labels; a forward hook on the input-embedding
 layer swaps the placeholders' embeddings for the prompt Z. A forward hook on the model drops the
-P virtual positions from token-level logits, so outputs line up with the caller's tokens. In
+P virtual positions from token-level logits, so outputs line up with the caller's tokens
+(hidden states and attentions keep them). In
 cached generation the prompt is in the cache after the first step; later steps only extend the
 mask and shift position ids.
 """
@@ -90,7 +91,8 @@ def _pre_hook(model: nn.Module, args, kwargs):
     B = (ids if ids is not None else embeds).shape[0]
     T = (ids if ids is not None else embeds).shape[1]
     if mask is not None and mask.ndim == 2:
-        kw["attention_mask"] = _insert(mask, s, torch.ones(B, P, dtype=mask.dtype, device=mask.device))
+        ones = torch.ones(B, P, dtype=mask.dtype, device=mask.device)
+        kw["attention_mask"] = _insert(mask, s, ones)
     pos = kw.get("position_ids")
     if _cache_length(kw) > 0:           # a cached generation step: the prompt is in the cache
         if pos is not None:
@@ -165,7 +167,8 @@ def _init_weight(model, config: PromptConfig, tokenizer) -> torch.Tensor:
 
 def apply(model: nn.Module, config: PromptConfig, tokenizer=None) -> nn.Module:
     """Freeze `model` and prepend a trainable prompt to its inputs; returns the model."""
-    from peftlab.prefix import check_supported, default_heads
+    from peftlab.prefix import default_heads
+    from peftlab.prefix_attention import check_supported
 
     ensure_plain(model, "prompt")
     check_supported(model, "prompt tuning")
@@ -201,7 +204,7 @@ def prepare_load(model: nn.Module, config: PromptConfig, tensors) -> None:
 def attention_to_prompt(model: nn.Module, tokenizer, text: str) -> dict:
     """Like prefix.attention_to_prefix for a prompt-tuned model: (L, H, T, P) probabilities
     from the real tokens to the P prompt positions (eager attention, output_attentions)."""
-    from peftlab.prefix import attn_implementation
+    from peftlab.prefix_attention import attn_implementation
 
     if get_method(model) != "prompt":
         raise ValueError("attention_to_prompt needs a model with a PromptConfig applied.")

@@ -40,8 +40,8 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +50,6 @@ from torch import nn
 from peftlab import measure
 from peftlab.registry import after_step, regularization
 from peftlab.runtime import get_device, seed_everything
-
 
 # --- batches and loss -----------------------------------------------------------------------
 
@@ -114,8 +113,8 @@ def evaluate(model: nn.Module, data: Iterable, device=None) -> dict:
 
 def world() -> tuple[int, int, int]:
     """(world_size, rank, local_rank) from torchrun's environment; (1, 0, 0) otherwise."""
-    return (int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0)),
-            int(os.environ.get("LOCAL_RANK", 0)))
+    return (int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")),
+            int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def is_main_process() -> bool:

@@ -132,7 +132,16 @@ def read_sidecar(path: str | Path | None = None) -> dict:
             f"The vision checkpoint file {missing} is missing. Regenerate it (about 20 s on a "
             f"CPU) from the repository root with `{REGENERATE}`, restore it with "
             f"`git checkout -- data/vision`, or use vision_classifier(pretrained=False).")
-    return json.loads(side.read_text())
+    try:
+        meta = json.loads(side.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"The sidecar {side} is not valid JSON ({e}); restore it with "
+                              f"`git checkout -- data/vision` or regenerate with `{REGENERATE}`.") from e
+    if not isinstance(meta, dict) or "sha256" not in meta or "architecture" not in meta:
+        raise CheckpointError(f"The sidecar {side} lacks 'sha256' or 'architecture'; restore "
+                              f"it with `git checkout -- data/vision` or regenerate with "
+                              f"`{REGENERATE}`.")
+    return meta
 
 
 def load_checkpoint(path: str | Path | None = None) -> tuple[dict, dict]:
@@ -275,6 +284,7 @@ class PretrainConfig:
     lr: float = 3e-3               # AdamW peak learning rate (linear decay, 6% warm-up)
     weight_decay: float = 0.05     # keeps the features general (helps transfer)
     max_steps: int | None = None   # cap on steps (tests use a few); None: epochs decide
+    threads: int = 1               # CPU threads while training: part of what fixes the bits
 
 
 def pretrain(config: PretrainConfig | None = None) -> tuple[ResNet, dict]:
@@ -282,18 +292,23 @@ def pretrain(config: PretrainConfig | None = None) -> tuple[ResNet, dict]:
 
     Returns (model in eval mode, {"train_accuracy", "test_accuracy", "steps", ...}); the
     accuracies are on the un-augmented splits. The same config gives bitwise the same weights
-    on the same machine, torch version and thread count.
+    on the same machine and torch version (it trains on `config.threads` threads).
     """
     from peftlab import train as T
 
     config = config or PretrainConfig()
-    torch.manual_seed(config.seed)
-    model = build_resnet(**ARCH)
-    train, test = digits_source()
-    data = shift_augment(train) if config.augment else train
-    res = T.fit(model, loader(data, config.batch_size, shuffle=True, seed=config.seed), None,
-                epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
-                max_steps=config.max_steps, device="cpu", seed=config.seed, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)    # float sums depend on how work is split
+    try:
+        torch.manual_seed(config.seed)
+        model = build_resnet(**ARCH)
+        train, test = digits_source()
+        data = shift_augment(train) if config.augment else train
+        res = T.fit(model, loader(data, config.batch_size, shuffle=True, seed=config.seed),
+                    None, epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
+                    max_steps=config.max_steps, device="cpu", seed=config.seed, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     model.eval()
     return model, {
         "train_accuracy": T.evaluate(model, loader(train, 256))["accuracy"],

@@ -128,7 +128,7 @@ def test_bad_options_exit_2_naming_the_option(argv, option, capsys):
 
 def test_python_dash_m_entry_point():
     proc = subprocess.run([sys.executable, "-m", "peftlab", "compare", "--epochs", "-1"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2 and "argument --epochs: must be > 0" in proc.stderr
     with pytest.raises(ValueError, match="Unknown method"):
         compare.run(["full", "nope"])

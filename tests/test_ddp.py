@@ -71,7 +71,7 @@ def test_two_gloo_processes_save_the_single_process_adapter(tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
          "--master_port=0", "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0",
          str(script), str(tmp_path / "ddp")],
-        capture_output=True, text=True, env=env, timeout=180)
+        capture_output=True, text=True, env=env, timeout=180, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "world 2 steps 9" in proc.stdout
 

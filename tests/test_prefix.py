@@ -136,8 +136,9 @@ def test_single_layer_by_hand(tiny_bert):
     model = pl.prefix.apply(tiny_bert, pl.prefix.PrefixConfig(num_virtual_tokens=P))
     attn = model.bert.encoder.layer[0].attention.self
     got = {}
-    h = attn.register_forward_hook(lambda m, a, kw, out: got.update(x=kw.get("hidden_states", a[0] if a else None), out=out[0]),
-                                   with_kwargs=True)
+    h = attn.register_forward_hook(
+        lambda m, a, kw, out: got.update(x=a[0] if a else kw["hidden_states"], out=out[0]),
+        with_kwargs=True)
     with torch.no_grad():
         model(input_ids=IDS, attention_mask=MASK)
     h.remove()
@@ -162,12 +163,14 @@ def test_prefix_matches_hf_peft_gpt2():
 
     base = gpt2_lm()
     for hidden in (None, 16):
-        kw = dict(prefix_projection=True, encoder_hidden_size=hidden) if hidden else {}
+        kw = {"prefix_projection": True, "encoder_hidden_size": hidden} if hidden else {}
         hf = get_peft_model(copy.deepcopy(base), PrefixTuningConfig(
             task_type="CAUSAL_LM", num_virtual_tokens=P, **kw))
-        ours = pl.prefix.apply(copy.deepcopy(base), pl.prefix.PrefixConfig(P, projection_hidden=hidden))
+        ours = pl.prefix.apply(copy.deepcopy(base),
+                               pl.prefix.PrefixConfig(P, projection_hidden=hidden))
         assert pl.trainable_report(ours).trainable == hf.get_nb_trainable_parameters()[0]
-    hf = get_peft_model(copy.deepcopy(base), PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P))
+    hf = get_peft_model(copy.deepcopy(base),
+                        PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P))
     ours = pl.prefix.apply(copy.deepcopy(base), pl.prefix.PrefixConfig(P))
     W = hf.prompt_encoder["default"].embedding.weight.detach()     # (P, L*2*hidden)
     kv = W.view(P, 2 * 2, 4, 8).permute(1, 2, 0, 3)              # (L*2, H, P, D): k0 v0 k1 v1
@@ -203,7 +206,7 @@ def test_generate_with_cache_equals_full_forwards(config):
     model = pl.prefix.apply(copy.deepcopy(base), pl.prefix.PromptConfig(P, init="normal")
                             if config.method == "prompt" else copy.deepcopy(config))
     ids = torch.tensor([[3, 4, 5]])
-    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    kw = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
     cached = model.generate(ids, **kw)
     uncached = model.generate(ids, use_cache=False, **kw)
     manual = ids
@@ -230,7 +233,8 @@ def test_fold_keeps_outputs(tiny_bert):
 
 def test_init_text(embedded):
     model, tok = embedded
-    pl.prefix.apply(model, pl.prefix.PromptConfig(4, init="text", init_text="great film"), tokenizer=tok)
+    pl.prefix.apply(model, pl.prefix.PromptConfig(4, init="text", init_text="great film"),
+                    tokenizer=tok)
     ids = tok("great film", add_special_tokens=False)["input_ids"]
     emb = model.get_input_embeddings().weight
     assert torch.equal(model.prompt_encoder.weight, emb[[ids[i % len(ids)] for i in range(4)]])
@@ -241,7 +245,8 @@ def test_prefix_init_text_is_the_models_own_keys(embedded):
     model, tok = embedded
     base = copy.deepcopy(model)
     pl.prefix.apply(model, pl.prefix.PrefixConfig(2, init="text", init_text="good"), tokenizer=tok)
-    x = base.bert.embeddings(input_ids=torch.tensor([tok("good", add_special_tokens=False)["input_ids"] * 2]))
+    good = tok("good", add_special_tokens=False)["input_ids"]
+    x = base.bert.embeddings(input_ids=torch.tensor([good * 2]))
     k0 = base.bert.encoder.layer[0].attention.self.key(x).view(1, 2, 12, 32).transpose(1, 2)[0]
     assert torch.allclose(model.prefix_encoder.key[0], k0, atol=1e-5)
 
@@ -349,3 +354,28 @@ def test_hf_peft_export_refused_where_it_would_differ(tiny_bert, tmp_path):
     with pytest.raises(AdapterError, match="position"):
         pl.save_adapter(lm, tmp_path / "y", format="hf-peft")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_other_architectures_gqa_llama_and_roberta_head():
+    """Llama's grouped-query attention: prefixes have kv_heads (2), not heads (4). RoBERTa's
+    classifier is a two-layer head (classifier.dense, classifier.out_proj): both train."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    llama = tf.LlamaForCausalLM(tf.LlamaConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=1,
+        eos_token_id=2)).eval()
+    pl.prefix.apply(llama, pl.prefix.PrefixConfig(P))
+    assert tuple(llama.prefix_encoder.key.shape) == (2, 2, P, 8)       # (L, kv_heads, P, D)
+    assert pl.trainable_report(llama).trainable == 2 * 2 * P * (2 * 8)
+    check_padding_invariance(llama, token_level=True)
+    kw = {"max_new_tokens": 4, "do_sample": False}
+    assert torch.equal(llama.generate(IDS[:1], **kw), llama.generate(IDS[:1], use_cache=False, **kw))
+    roberta = tf.RobertaForSequenceClassification(tf.RobertaConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, pad_token_id=0)).eval()
+    pl.prefix.apply(roberta, pl.prefix.PromptConfig(P))
+    assert pl.inject.get_targets(roberta) == ["classifier.dense", "classifier.out_proj"]
+    assert pl.trainable_report(roberta).trainable == P * 32 + (32 * 32 + 32) + (32 * 2 + 2)
+    check_padding_invariance(roberta, token_level=False)

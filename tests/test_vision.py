@@ -88,6 +88,17 @@ def test_sha256_mismatch_raises_with_the_way_out(tmp_path):
     assert V.REGENERATE in str(e.value) and "git checkout" in str(e.value)
 
 
+def test_broken_sidecar_raises(tmp_path):
+    p = tmp_path / "w.safetensors"
+    shutil.copy(V.checkpoint_path(), p)
+    (tmp_path / "w.json").write_text("{not json")
+    with pytest.raises(V.CheckpointError, match="not valid JSON"):
+        V.vision_classifier(path=p)
+    (tmp_path / "w.json").write_text('{"architecture": {}}')
+    with pytest.raises(V.CheckpointError, match="lacks 'sha256'"):
+        V.vision_classifier(path=p)
+
+
 def test_new_head_is_seeded_and_leaves_body_and_global_rng_alone():
     base = _state(V.vision_classifier())
     rng = torch.get_rng_state()
@@ -167,7 +178,7 @@ def test_transfer_task_gives_model_and_loaders():
 
 def test_head_only_training_leaves_the_frozen_body_bitwise_unchanged():
     """GroupNorm has no running statistics: a frozen body really stays frozen in train mode."""
-    model, train, test = V.transfer_task(10, seed=0)
+    model, train, _ = V.transfer_task(10, seed=0)
     body = {k: v for k, v in _state(model).items() if not k.startswith("fc.")}
     head = model.fc.weight.clone()
     pl.full.apply(model, pl.full.FullConfig(mode="head"))
@@ -181,7 +192,9 @@ def test_head_only_training_leaves_the_frozen_body_bitwise_unchanged():
 
 def test_pretraining_is_deterministic():
     cfg = V.PretrainConfig(max_steps=3, batch_size=32)
+    threads = torch.get_num_threads()
     (a, ia), (b, _) = V.pretrain(cfg), V.pretrain(cfg)
+    assert torch.get_num_threads() == threads          # the caller's setting is restored
     assert ia["steps"] == 3
     assert _same(_state(a), _state(b))
     c, _ = V.pretrain(V.PretrainConfig(max_steps=3, batch_size=32, seed=1))

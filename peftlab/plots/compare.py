@@ -30,7 +30,8 @@ def compare_figure(rows: list[dict], title: str = "peftlab compare"):
     for i, r in enumerate(ok):
         ax_acc.scatter(r["trainable"], r["test_accuracy"], s=60, color=colors[i % 10], zorder=3)
         ax_acc.annotate(r["method"], (r["trainable"], r["test_accuracy"]),
-                        textcoords="offset points", xytext=(5, 5), fontsize=9)
+                        textcoords="offset points", xytext=(5, 6 if i % 2 == 0 else -13),
+                        fontsize=9)
     ax_acc.set_xscale("log")
     ax_acc.set_xlabel("trainable parameters (log scale)")
     ax_acc.set_ylabel("test accuracy")

@@ -1,7 +1,7 @@
 """Figures for prefix and prompt tuning.
 
     d = pl.prefix.attention_to_prefix(model, tokenizer, "a fine film")
-    attention_figure(d)                  # token -> virtual-token probabilities (mean over layers, heads)
+    attention_figure(d)                  # token -> virtual token (mean over layers and heads)
     attention_figure(d, layer=0, head=3) # one layer and head
     mass_figure(d)                       # share of attention on the prefix, layer x head
     length_figure(rows)                  # accuracy and trainable parameters vs prefix length

@@ -29,8 +29,15 @@ from torch import nn
 
 from peftlab.inject import get_method, is_head
 from peftlab.report import trainable_report
-from peftlab.widgets._base import (WidgetBase, esc, fmt_int, image_widget, new_figure,
-                                   short_names, show_figure)
+from peftlab.widgets._base import (
+    WidgetBase,
+    esc,
+    fmt_int,
+    image_widget,
+    new_figure,
+    short_names,
+    show_figure,
+)
 
 
 def target_options(model: nn.Module) -> list[str]:

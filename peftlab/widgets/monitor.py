@@ -19,7 +19,10 @@ Cost, kept to a few percent of training by construction:
   * redraws: the status line (a few bytes of HTML) updates every `min_interval` seconds; the
     figure costs a few hundred milliseconds on a laptop CPU, so it is redrawn only when the
     time spent drawing stays under `budget` of the elapsed time
-    (interval = max(min_interval, mean draw cost / budget)), and once at the end.
+    (interval = max(min_interval, mean draw cost / budget); before the first draw the cost
+    is estimated from the empty dashboard drawn at construction). The final picture is drawn
+    in a background thread after training, so fit() returns at once; `monitor.wait()` waits
+    for it (a script that reads `monitor.image` right after fit should call it).
 `monitor.overhead` is the seconds spent inside the monitor; `overhead_fraction` relates it
 to the summed step times.
 """
@@ -27,6 +30,7 @@ to the summed step times.
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 import ipywidgets as W
@@ -36,8 +40,14 @@ from torch import nn
 
 from peftlab.inject import AdapterLayer
 from peftlab.measure import human_bytes
-from peftlab.widgets._base import (WidgetBase, esc, image_widget, new_figure, short_names,
-                                   show_figure)
+from peftlab.widgets._base import (
+    WidgetBase,
+    esc,
+    image_widget,
+    new_figure,
+    short_names,
+    show_figure,
+)
 
 
 def layer_groups(model: nn.Module) -> tuple[list[str], list[nn.Parameter], list[int]]:
@@ -85,7 +95,10 @@ class TrainingMonitor(WidgetBase):
         self.image = image_widget()
         self.widget = W.VBox([self.status, self.image])
         self._reset()
+        self._thread: threading.Thread | None = None
+        t0 = time.perf_counter()
         show_figure(self.image, self.figure())   # an empty, labelled dashboard
+        self._estimate = 2 * (time.perf_counter() - t0)   # a full one costs about twice that
 
     def _reset(self) -> None:
         self.steps, self.losses, self.lrs, self.step_times = [], [], [], []
@@ -100,6 +113,7 @@ class TrainingMonitor(WidgetBase):
 
     # --- the callback protocol --------------------------------------------------------------
     def on_train_begin(self, state) -> None:
+        self.wait()                     # a final draw of an earlier run may still be going
         t0 = time.perf_counter()
         self._reset()
         self.total_steps = state.total_steps
@@ -137,8 +151,16 @@ class TrainingMonitor(WidgetBase):
     def on_train_end(self, state) -> None:
         t0 = time.perf_counter()
         self._snapshot = None
-        self.redraw()
+        self.status.value = self.summary_html()
+        self._thread = threading.Thread(target=self.redraw, name="TrainingMonitor draw",
+                                        daemon=True)
+        self._thread.start()
         self.overhead += time.perf_counter() - t0
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the final picture (drawn in a background thread) is in place."""
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     # --- measurement ----------------------------------------------------------------------
     def _take_snapshot(self) -> None:
@@ -171,7 +193,7 @@ class TrainingMonitor(WidgetBase):
     # --- drawing --------------------------------------------------------------------------
     def _maybe_draw(self) -> None:
         now = time.perf_counter()
-        cost = self.draw_time / self.draws if self.draws else 0.3   # a guess before the first
+        cost = self.draw_time / self.draws if self.draws else self._estimate
         if now - self._last_draw >= max(self.min_interval, cost / self.budget):
             self.redraw()
         elif now - self._last_status >= self.min_interval:

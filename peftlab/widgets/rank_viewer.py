@@ -23,8 +23,14 @@ import ipywidgets as W
 import numpy as np
 from torch import nn
 
-from peftlab.widgets._base import (WidgetBase, esc, image_widget, new_figure, short_names,
-                                   show_figure)
+from peftlab.widgets._base import (
+    WidgetBase,
+    esc,
+    image_widget,
+    new_figure,
+    short_names,
+    show_figure,
+)
 
 _BLOCK = re.compile(r"^(.*?)\.(\d+)\.(.+)$")
 NEEDED = ("steps", "budget", "ranks")
@@ -151,7 +157,7 @@ class RankAllocationViewer(WidgetBase):
         g = self.grid(s)
         if g is not None:
             mods, blocks, arr = g
-            im2 = ax_g.imshow(arr, aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
+            ax_g.imshow(arr, aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
             ax_g.set_xticks(range(len(blocks)), [str(b) for b in blocks])
             ax_g.set_yticks(range(len(mods)), [m.rsplit(".", 1)[-1] for m in mods])
             for (i, j), v in np.ndenumerate(arr):

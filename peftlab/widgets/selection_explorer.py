@@ -21,8 +21,15 @@ from matplotlib import colormaps
 from matplotlib.colors import LogNorm
 from torch import nn
 
-from peftlab.widgets._base import (WidgetBase, esc, fmt_int, html_table, image_widget,
-                                   new_figure, show_figure)
+from peftlab.widgets._base import (
+    WidgetBase,
+    esc,
+    fmt_int,
+    html_table,
+    image_widget,
+    new_figure,
+    show_figure,
+)
 
 OTHER = "other"
 
