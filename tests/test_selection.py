@@ -344,3 +344,18 @@ def test_empty_scores_and_unknown_kind(tiny_mlp):
         sel.compute_scores(tiny_mlp, mlp_batches(), kind="hessian")
     with pytest.raises(ValueError, match="larger than"):
         sel.make_masks({"a": torch.ones(3)}, count=4)
+
+
+def test_plots_draw_from_scores_and_masks(tiny_bert):
+    import matplotlib
+    matplotlib.use("Agg")
+    from peftlab.plots import selection as plots
+    scores = sel.compute_scores(tiny_bert, bert_batches(1), kind="grad")
+    rows = {g: sel.layer_summary(sel.make_masks(scores, fraction=0.05, granularity=g))
+            for g in sel.GRANULARITIES}
+    masks = sel.make_masks(scores, fraction=0.05)
+    for fig in (plots.layer_heatmap(rows["global"]), plots.score_histogram(scores, masks),
+                plots.granularity_bars(rows)):
+        assert fig.axes
+    mods, blocks, chosen, total = plots.grid(rows["row"])
+    assert blocks == [0, 1] and chosen.sum() <= total.sum()

@@ -55,7 +55,7 @@ def layer_heatmap(rows, ax=None, title: str | None = None):
     ax.set_facecolor("#e8e8e8")                     # grey: nothing selected there
     fig.colorbar(im, ax=ax, label="% of entries selected")
     other = [r for r in rows if r.layer is None and r.selected]
-    note = ", ".join(f"{r.module.rsplit('.', 1)[-1]} {100 * r.fraction:.2g}%" for r in other)
+    note = ", ".join(f"{r.module.rsplit('.', 1)[-1]} {100 * r.fraction:.3g}%" for r in other)
     ax.set(xlabel="block" + (f"\noutside blocks: {note}" if note else ""),
            title=title or "where the selected entries live")
     return fig
