@@ -97,7 +97,7 @@ def _adalora(model, ctx):
         tinit, tfinal = 0, 1
     adalora.apply(model, adalora.AdaLoraConfig(
         init_r=12, target_r=4, targets=ctx["lora_targets"], total_steps=max(2, steps),
-        tinit=tinit, tfinal=tfinal))
+        tinit=tinit, tfinal=tfinal, alpha=32.0))
 
 
 TEXT_METHODS = {s.name: s for s in [
@@ -107,13 +107,13 @@ TEXT_METHODS = {s.name: s for s in [
     MethodSpec("lora", "peftlab.lora", "r=8 on query,value + head", Budget(2400, 1, 3e-3),
                _lora),
     MethodSpec("prefix", "peftlab.prefix", "10 key/value prefixes per layer + head",
-               Budget(2400, 1, 1e-2), _prefix),
+               Budget(2400, 1, 3e-2), _prefix),
     MethodSpec("prompt", "peftlab.prompt", "10 soft prompt tokens + head",
                Budget(2400, 1, 3e-2), _prompt),
     MethodSpec("selection", "peftlab.selection", "0.5% of weights by Fisher score + head",
                Budget(1280, 1, 1e-3), _selection),
     MethodSpec("adalora", "peftlab.adalora", "SVD adapters, rank 12 -> 4 avg + head",
-               Budget(2400, 1, 3e-3), _adalora),
+               Budget(2400, 1, 3e-2), _adalora),
 ]}
 
 # --- vision task: the embedded digits ResNet, transfer from 0-4 to 5-9 ---------------------------

@@ -86,7 +86,12 @@ def _resolve(name: str | Path | None) -> str:
 def _load(loader, name: str | Path | None, **kwargs):
     from transformers.utils import logging as hf_logging
 
+    from peftlab.runtime import online
+
     target = _resolve(name)
+    if not Path(target).exists() and not online():
+        # offline: look in the local cache only, and fail at once instead of retrying the hub
+        kwargs = {**kwargs, "local_files_only": True}
     hf_logging.disable_progress_bar()  # no "Loading weights" bar in every notebook cell
     try:
         return loader(target, **kwargs)
