@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # use this checkout's peftlab even if another is installed
 
 from peftlab import vision
+from peftlab.adapters import atomic_write
 from peftlab.models import sha256_file
 
 OUT = ROOT / "data" / "vision" / "resnet_digits.safetensors"
@@ -43,15 +42,7 @@ TRANSFER_EPOCHS, TRANSFER_BATCH = vision.TRANSFER_EPOCHS, vision.TRANSFER_BATCH
 LORA_BUDGET = 17_257
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
 
 
 def make_checkpoint(out: Path = OUT, config: vision.PretrainConfig | None = None) -> dict:
@@ -63,7 +54,7 @@ def make_checkpoint(out: Path = OUT, config: vision.PretrainConfig | None = None
     model, info = vision.pretrain(config)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out, lambda p: save_file(state, p))
+    atomic_write(out, lambda p: save_file(state, p))
     src_train, src_test = vision.digits_source()
     meta = {
         "what": "torchvision ResNet (BasicBlock, GroupNorm) pretrained on sklearn digits 0-4",
@@ -85,7 +76,7 @@ def make_checkpoint(out: Path = OUT, config: vision.PretrainConfig | None = None
                             "test": round(info["test_accuracy"], 4)},
         "regenerate": vision.REGENERATE,
     }
-    _atomic_write(out.with_suffix(".json"),
+    atomic_write(out.with_suffix(".json"),
                   lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
     meta["_seconds"] = round(time.perf_counter() - t0, 1)
     return meta

@@ -43,7 +43,8 @@ class AdapterError(ValueError):
 
 # --- atomic writes -------------------------------------------------------------------------
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp) on a temp file beside `path`, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -60,12 +61,12 @@ def write_json(path: Path, obj) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2, sort_keys=True)
             f.write("\n")
-    _atomic_write(Path(path), w)
+    atomic_write(Path(path), w)
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata=None) -> None:
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    _atomic_write(Path(path), lambda tmp: save_file(clean, tmp, metadata=metadata))
+    atomic_write(Path(path), lambda tmp: save_file(clean, tmp, metadata=metadata))
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -83,26 +83,31 @@ def _lora_case(seed: int, d_in=6, d_out=5, r=2):
     return x, W, b, A, B
 
 
+def _reference_layer(W, b, A, B, alpha):
+    """peftlab's LoraLinear holding exactly these tensors."""
+    from peftlab.lora_layers import LoraLinear
+
+    base = nn.Linear(W.shape[1], W.shape[0])
+    layer = LoraLinear(base, r=A.shape[0], alpha=alpha)
+    with torch.no_grad():
+        base.weight.copy_(W)
+        base.bias.copy_(b)
+        layer.lora_A.weight.copy_(A)
+        layer.lora_B.weight.copy_(B)
+    return layer
+
+
 def check_lora_forward(fn: Callable, quiet: bool = False) -> CheckResult:
     """fn(x, W, b, A, B, alpha, r) -> y = x W^T + b + (alpha / r) * x A^T B^T.
 
     x: (N, d_in), W: (d_out, d_in), b: (d_out,), A: (r, d_in), B: (d_out, r) -> y: (N, d_out).
     Checked against peftlab.lora's LoraLinear with the same weights.
     """
-    from peftlab.lora_layers import LoraLinear
-
     for seed, alpha in ((0, 4.0), (1, 16.0)):
         x, W, b, A, B = _lora_case(seed)
         r = A.shape[0]
-        base = nn.Linear(W.shape[1], W.shape[0])
         with torch.no_grad():
-            base.weight.copy_(W)
-            base.bias.copy_(b)
-        layer = LoraLinear(base, r=r, alpha=alpha)
-        with torch.no_grad():
-            layer.lora_A.weight.copy_(A)
-            layer.lora_B.weight.copy_(B)
-            want = layer(x)
+            want = _reference_layer(W, b, A, B, alpha)(x)
         got, err = _call(fn, x, W, b, A, B, alpha, r)
         if err:
             return _verdict(False, err, quiet)
@@ -122,18 +127,9 @@ def check_lora_forward(fn: Callable, quiet: bool = False) -> CheckResult:
 
 def check_lora_merge(fn: Callable, quiet: bool = False) -> CheckResult:
     """fn(W, A, B, alpha, r) -> W + (alpha / r) * B @ A, shaped like W (d_out, d_in)."""
-    from peftlab.lora_layers import LoraLinear
-
     x, W, b, A, B = _lora_case(2)
     alpha, r = 8.0, A.shape[0]
-    base = nn.Linear(W.shape[1], W.shape[0])
-    with torch.no_grad():
-        base.weight.copy_(W)
-        base.bias.copy_(b)
-    layer = LoraLinear(base, r=r, alpha=alpha)
-    with torch.no_grad():
-        layer.lora_A.weight.copy_(A)
-        layer.lora_B.weight.copy_(B)
+    layer = _reference_layer(W, b, A, B, alpha)
     layer.merge()
     want = layer.base_layer.weight.detach().clone()
     got, err = _call(fn, W.clone(), A, B, alpha, r)

@@ -214,7 +214,7 @@ def test_save_errors(tiny_bert, tmp_path):
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
-    from peftlab.adapters import _atomic_write
+    from peftlab.adapters import atomic_write as _atomic_write
 
     write_tensors(tmp_path / "t.safetensors", {"a": torch.ones(2)})
 
