@@ -38,7 +38,6 @@ from peftlab.adalora_allocator import (
 )
 from peftlab.inject import (
     AdapterLayer,
-    TargetError,
     ensure_plain,
     find_targets,
     freeze,
@@ -46,6 +45,7 @@ from peftlab.inject import (
     head_names,
     mark,
     replace_module,
+    resolve_modules_to_save,
     unfreeze_modules,
 )
 
@@ -194,18 +194,8 @@ def apply(model: nn.Module, config: AdaLoraConfig | None = None) -> nn.Module:
     config.validate()
     ensure_plain(model, "adalora")
     names = find_targets(model, config.targets, allowed=_linear_types(), method="AdaLoRA")
-    if config.modules_to_save is None:       # the detected head, unless it is a target itself
-        keep = [h for h in head_names(model)
-                if not any(h == n or n.startswith(h + ".") or h.startswith(n + ".") for n in names)]
-    else:
-        keep = find_targets(model, config.modules_to_save, method="modules_to_save") \
-            if config.modules_to_save else []
-        clash = [h for h in keep for n in names
-                 if h == n or n.startswith(h + ".") or h.startswith(n + ".")]
-        if clash:
-            raise TargetError(f"{clash[0]} is both an AdaLoRA target (or contains one) and in "
-                              f"modules_to_save; a module either gets an adapter or trains "
-                              f"fully. Remove it from one of the two lists.")
+    keep = resolve_modules_to_save(model, names, config.modules_to_save, head_names(model),
+                                   "an AdaLoRA")
     new = {n: SVDLinear(model.get_submodule(n), config.init_r, config.alpha, config.dropout,
                         config.total_steps) for n in names}
     freeze(model)

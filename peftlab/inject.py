@@ -214,3 +214,26 @@ def unmark(model: nn.Module) -> None:
 
 def get_targets(model: nn.Module) -> list[str]:
     return list(model.__dict__.get("peftlab_targets", []))
+
+
+def resolve_modules_to_save(model: nn.Module, targets: list[str], modules_to_save,
+                            auto: list[str], label: str) -> list[str]:
+    """The whole modules an adapter method trains next to its adapters.
+
+    modules_to_save=None takes `auto` (the detected head) minus any that overlap a target;
+    an explicit list is matched like targets, and overlapping a target raises TargetError.
+    label names the method in the message, e.g. "a LoRA".
+    """
+    def overlaps(h: str) -> bool:
+        return any(h == n or n.startswith(h + ".") or h.startswith(n + ".") for n in targets)
+
+    if modules_to_save is None:
+        return [h for h in auto if not overlaps(h)]
+    keep = find_targets(model, modules_to_save, method="modules_to_save") \
+        if modules_to_save else []
+    clash = [h for h in keep if overlaps(h)]
+    if clash:
+        raise TargetError(f"{clash[0]} is both {label} target (or contains one) and in "
+                          f"modules_to_save; a module either gets an adapter or trains "
+                          f"fully. Remove it from one of the two lists.")
+    return keep

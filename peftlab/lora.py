@@ -37,6 +37,7 @@ from peftlab.inject import (
     head_names,
     mark,
     replace_module,
+    resolve_modules_to_save,
     unfreeze_modules,
     unmark,
 )
@@ -131,19 +132,8 @@ def plan(model: nn.Module, config: LoraConfig) -> tuple[list[tuple[str, nn.Modul
                              f"its update has rank at most {limit}. Use r <= {limit}, or "
                              f"leave {name} out of the targets.")
         rows.append((name, module, LoraLayer.count(module, config.r)))
-    if config.modules_to_save is None:
-        heads = [h for h in _auto_heads(model)
-                 if not any(h == n or n.startswith(h + ".") or h.startswith(n + ".")
-                            for n in names)]
-    else:
-        heads = find_targets(model, config.modules_to_save, method="modules_to_save") \
-            if config.modules_to_save else []
-        clash = [h for h in heads for n in names
-                 if h == n or n.startswith(h + ".") or h.startswith(n + ".")]
-        if clash:
-            raise TargetError(f"{clash[0]} is both a LoRA target (or contains one) and in "
-                              f"modules_to_save; a module either gets an adapter or trains "
-                              f"fully. Remove it from one of the two lists.")
+    heads = resolve_modules_to_save(model, names, config.modules_to_save, _auto_heads(model),
+                                    "a LoRA")
     return rows, heads
 
 
