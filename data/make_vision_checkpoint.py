@@ -28,13 +28,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # use this checkout's peftlab even if another is installed
 
-from peftlab import vision
-from peftlab.adapters import atomic_write
+from peftlab.models import vision
+from peftlab.io.files import atomic_write
 from peftlab.models import sha256_file
 
 OUT = ROOT / "data" / "vision" / "resnet_digits.safetensors"
 
-# the transfer runs of the datasheet: few-shot digits 5-9, settings from peftlab.vision
+# the transfer runs of the datasheet: few-shot digits 5-9, settings from peftlab.models.vision
 # (TRANSFER_LR, _EPOCHS, _BATCH). lora: r=4, alpha=8 on every Conv2d (+ the head);
 # selection: Fisher scores on the training images, as many trainable entries as that LoRA.
 TRANSFER = vision.TRANSFER_LR

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import importlib
 
-from peftlab import data, inject, measure, models, runtime, train
-from peftlab.adapters import load_adapter, save_adapter
-from peftlab.registry import after_step, regularization
+from peftlab import core, data, io, measure, models, runtime, train
+from peftlab.core.registry import after_step, regularization
+from peftlab.io.adapters import load_adapter, save_adapter
 from peftlab.report import trainable_report
 
 __version__ = "0.1.0"
 
 # method modules and widgets load on first use, so `import peftlab` stays fast
-_LAZY = {"full", "lora", "prefix", "selection", "adalora", "widgets", "plots", "compare",
-         "exercises", "vision", "hf_peft", "adapters", "report", "registry"}
+_LAZY = {"full", "lora", "prefix", "prompt", "selection", "adalora", "widgets", "plots",
+         "compare", "exercises", "report", "cli"}
 
 
 def __getattr__(name: str):
@@ -29,6 +29,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'peftlab' has no attribute {name!r}")
 
 
-__all__ = ["after_step", "data", "inject", "load_adapter", "measure", "models",
+__all__ = ["after_step", "core", "data", "io", "load_adapter", "measure", "models",
            "regularization", "runtime", "save_adapter", "train", "trainable_report",
            *sorted(_LAZY)]

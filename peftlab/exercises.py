@@ -30,6 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peftlab.adalora.adalora import budget_schedule
+from peftlab.lora.lora import LoraLinear
+from peftlab.prefix.prefix import prefix_attention
+from peftlab.selection.selection import make_masks
+
 
 @dataclass
 class CheckResult:
@@ -85,7 +90,6 @@ def _lora_case(seed: int, d_in=6, d_out=5, r=2):
 
 def _reference_layer(W, b, A, B, alpha):
     """peftlab's LoraLinear holding exactly these tensors."""
-    from peftlab.lora_layers import LoraLinear
 
     base = nn.Linear(W.shape[1], W.shape[0])
     layer = LoraLinear(base, r=A.shape[0], alpha=alpha)
@@ -145,7 +149,6 @@ def check_lora_merge(fn: Callable, quiet: bool = False) -> CheckResult:
 
 def check_lora_count(fn: Callable, quiet: bool = False) -> CheckResult:
     """fn(d_in, d_out, r) -> the number of trainable LoRA parameters on one Linear layer."""
-    from peftlab.lora_layers import LoraLinear
 
     for d_in, d_out, r in ((384, 384, 8), (384, 1536, 4), (10, 3, 1)):
         want = sum(p.numel() for n, p in LoraLinear(nn.Linear(d_in, d_out), r, 1.0)
@@ -166,17 +169,6 @@ def check_lora_count(fn: Callable, quiet: bool = False) -> CheckResult:
 
 # --- prefix tuning ---------------------------------------------------------------------------
 
-def reference_prefix_attention(q, k, v, prefix_k, prefix_v, mask):
-    """The library's rule, written out: keys/values = [prefix; real], every real query sees the
-    whole prefix, padding stays masked. q,k,v: (B, H, T, D); prefix_k/v: (H, P, D); mask: (B, T)."""
-    B = q.shape[0]
-    k = torch.cat([prefix_k.unsqueeze(0).expand(B, -1, -1, -1), k], dim=2)     # (B, H, P+T, D)
-    v = torch.cat([prefix_v.unsqueeze(0).expand(B, -1, -1, -1), v], dim=2)
-    P = prefix_k.shape[1]
-    keep = torch.cat([torch.ones(B, P, dtype=torch.bool), mask.bool()], dim=1)  # (B, P+T)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
-
-
 def check_prefix_attention(fn: Callable, quiet: bool = False) -> CheckResult:
     """fn(q, k, v, prefix_k, prefix_v, mask) -> (B, H, T, D) attention output with prefixes.
 
@@ -187,7 +179,7 @@ def check_prefix_attention(fn: Callable, quiet: bool = False) -> CheckResult:
     q, k, v = (torch.randn(B, H, T, D, generator=g) for _ in range(3))
     pk, pv = torch.randn(H, P, D, generator=g), torch.randn(H, P, D, generator=g)
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
-    want = reference_prefix_attention(q, k, v, pk, pv, mask)
+    want = prefix_attention(q, k, v, pk, pv, mask)          # peftlab/prefix/prefix.py
     got, err = _call(fn, q, k, v, pk, pv, mask)
     if err:
         return _verdict(False, err, quiet)
@@ -210,7 +202,6 @@ def check_prefix_attention(fn: Callable, quiet: bool = False) -> CheckResult:
 
 def check_topk_mask(fn: Callable, quiet: bool = False) -> CheckResult:
     """fn(scores, k) -> bool mask (same shape) of the k largest entries of `scores`."""
-    from peftlab.selection_scores import make_masks
 
     g = torch.Generator().manual_seed(4)
     scores = torch.rand(6, 7, generator=g)
@@ -235,7 +226,6 @@ def check_topk_mask(fn: Callable, quiet: bool = False) -> CheckResult:
 
 def check_row_mask(fn: Callable, quiet: bool = False) -> CheckResult:
     """fn(scores, k_per_row) -> bool mask keeping the top k entries of every row (GPS-style)."""
-    from peftlab.selection_scores import make_masks
 
     g = torch.Generator().manual_seed(5)
     scores = torch.rand(5, 8, generator=g)
@@ -266,7 +256,6 @@ def check_budget(fn: Callable, quiet: bool = False) -> CheckResult:
     """
     from types import SimpleNamespace
 
-    from peftlab.adalora_allocator import budget_schedule
 
     cfg = SimpleNamespace(init_r=12, target_r=4, tinit=10, tfinal=20, total_steps=100,
                           delta_t=1)

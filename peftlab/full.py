@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from peftlab.inject import ensure_plain, freeze, head_names, mark, unfreeze_modules
+from peftlab.core.heads import default_heads, tied_heads
+from peftlab.core.state import ensure_plain, mark
+from peftlab.core.targets import find_targets, freeze, unfreeze_modules
 
 MODES = ("all", "head", "bitfit")
 
@@ -36,15 +38,21 @@ def apply(model: nn.Module, config: FullConfig | None = None) -> nn.Module:
     """Set requires_grad by `config.mode`; returns the model (changed in place)."""
     config = config or FullConfig()
     ensure_plain(model, "full")
-    heads = list(config.modules_to_save) or head_names(model)
+    heads = list(config.modules_to_save) or default_heads(model)
     if config.mode != "all" and not heads:
+        tied = tied_heads(model)
+        if tied:
+            head, other = next(iter(tied.items()))
+            raise ValueError(f"mode={config.mode!r} trains the output head, but {head} shares "
+                             f"its weight with {other} (tied embeddings): training it would "
+                             f"change the input embeddings too. Name what to train with "
+                             f"FullConfig(modules_to_save=['...']) (naming {head!r} trains the "
+                             f"tied matrix on purpose).")
         raise ValueError(f"mode={config.mode!r} trains the output head, but none was found "
                          f"(looked for modules named {', '.join(('classifier', 'score', 'fc', 'head'))}); "
                          f"name it with FullConfig(modules_to_save=['...']).")
     if config.mode != "all":
-        # validate the names before changing anything
-        from peftlab.inject import find_targets
-        find_targets(model, heads, method="modules_to_save")
+        find_targets(model, heads, method="modules_to_save")   # validate before any change
     if config.mode == "all":
         for p in model.parameters():
             p.requires_grad_(True)

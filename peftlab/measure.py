@@ -46,6 +46,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from peftlab.core.batches import logits_of
+from peftlab.core.registry import method_module
+from peftlab.core.state import eval_mode, get_method
+from peftlab.io.adapters import save_adapter
+
 # --- parameters ------------------------------------------------------------------------------
 
 def _unique_parameters(model: nn.Module) -> list[torch.nn.Parameter]:
@@ -196,25 +201,20 @@ def inference_time(model: nn.Module, batch, repeats: int = 5, warmup: int = 1) -
     the model's device). The model's train/eval mode is restored afterwards."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats!r}")
-    was_training = model.training
-    model.eval()
     times = []
-    for i in range(warmup + repeats):
-        t0 = time.perf_counter()
-        model(**batch) if isinstance(batch, dict) else model(batch)
-        _sync(model)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(warmup + repeats):
+            t0 = time.perf_counter()
+            model(**batch) if isinstance(batch, dict) else model(batch)
+            _sync(model)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
     return float(statistics.median(times))
 
 
 def merge_functions(model: nn.Module):
     """(merge, unmerge) of the model's method if it can fold its adapter into the base
     weights (LoRA, AdaLoRA), else None."""
-    from peftlab.inject import get_method
-    from peftlab.registry import method_module
-
     name = get_method(model)
     if name is None:
         return None
@@ -237,17 +237,14 @@ def inference_times(model: nn.Module, batch, repeats: int = 5) -> dict:
         return out
     merge, unmerge = fns
     with torch.no_grad():
-        from peftlab.train import logits_of
-        was_training = model.training
-        model.eval()
-        before = logits_of(model, batch).float()
-        merge(model)
-        try:
-            after = logits_of(model, batch).float()
-            out["merged"] = inference_time(model, batch, repeats)
-        finally:
-            unmerge(model)
-        model.train(was_training)
+        with eval_mode(model):
+            before = logits_of(model, batch).float()
+            merge(model)
+            try:
+                after = logits_of(model, batch).float()
+                out["merged"] = inference_time(model, batch, repeats)
+            finally:
+                unmerge(model)
     out["max_abs_diff"] = float((before - after).abs().max())
     return out
 
@@ -265,8 +262,6 @@ def folder_size(path: str | Path) -> int:
 def adapter_size(model: nn.Module, path: str | Path | None = None) -> int:
     """Bytes on disk of the model's adapter as pl.save_adapter writes it (to `path`, or to a
     temporary folder that is removed afterwards)."""
-    from peftlab.adapters import save_adapter
-
     if path is not None:
         return folder_size(save_adapter(model, path))
     with tempfile.TemporaryDirectory(prefix="peftlab-size-") as tmp:

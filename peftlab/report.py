@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from peftlab.inject import get_method
+from peftlab.core.state import get_method
 
 
 @dataclass

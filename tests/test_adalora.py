@@ -249,7 +249,7 @@ def BertLike(model):
     from transformers import BertForSequenceClassification
     torch.manual_seed(1)
     other = BertForSequenceClassification(model.config)
-    return ADA.apply(other, copy.deepcopy(pl.inject.get_config(model)))
+    return ADA.apply(other, copy.deepcopy(pl.core.get_config(model)))
 
 
 @pytest.mark.parametrize("steps", [11, 24])     # mid-schedule (drifting lambdas) and finished
@@ -262,7 +262,7 @@ def test_save_keeps_surviving_triplets_and_load_is_exact(tiny_bert, tmp_path, st
     x = _bert_batch(seed=7)[0]
     ref = tiny_bert(input_ids=x).logits
     pl.save_adapter(tiny_bert, tmp_path / "ada")
-    tensors = pl.adapters.read_tensors(tmp_path / "ada" / "adapter_model.safetensors")
+    tensors = pl.io.read_tensors(tmp_path / "ada" / "adapter_model.safetensors")
     stored = sum(v.numel() for k, v in tensors.items() if k.endswith("lora_lambda"))
     kept = sum(ADA.rank_pattern(tiny_bert).values())
     assert stored >= kept and (steps < cfg.total_steps or stored == kept == 2 * 11)
@@ -276,14 +276,14 @@ def test_load_rejects_a_mismatched_adapter(tiny_bert, tmp_path):
     other = copy.deepcopy(tiny_bert)
     ADA.apply(tiny_bert, _cfg())
     pl.save_adapter(tiny_bert, tmp_path / "ada")
-    tensors = pl.adapters.read_tensors(tmp_path / "ada" / "adapter_model.safetensors")
+    tensors = pl.io.read_tensors(tmp_path / "ada" / "adapter_model.safetensors")
     key = "bert.encoder.layer.0.attention.self.query.lora_P"
     tensors[key] = tensors[key][:, :2]
-    pl.adapters.write_tensors(tmp_path / "ada" / "adapter_model.safetensors", tensors)
+    pl.io.write_tensors(tmp_path / "ada" / "adapter_model.safetensors", tensors)
     before = {k: v.clone() for k, v in other.state_dict().items()}
-    with pytest.raises(pl.adapters.AdapterError, match="lora_P"):
+    with pytest.raises(pl.core.AdapterError, match="lora_P"):
         pl.load_adapter(other, tmp_path / "ada")
-    assert pl.inject.get_method(other) is None
+    assert pl.core.get_method(other) is None
     assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
 
 
@@ -297,7 +297,7 @@ def test_to_lora_preserves_outputs(tiny_bert):
     ranks = ADA.rank_pattern(tiny_bert)
     dims = {n: m.in_features + m.out_features for n, m in ADA.layers(tiny_bert).items()}
     ADA.to_lora(tiny_bert)
-    assert pl.inject.get_method(tiny_bert) == "lora"
+    assert pl.core.get_method(tiny_bert) == "lora"
     lora = pl.lora.lora_layers(tiny_bert)
     assert {n: m.r for n, m in lora.items()} == {n: r for n, r in ranks.items() if r > 0}
     torch.testing.assert_close(tiny_bert(input_ids=x).logits, ref, atol=1e-5, rtol=0)
@@ -331,12 +331,12 @@ def test_bad_targets_leave_the_model_unchanged(tiny_bert, kw, match):
     grads = [p.requires_grad for p in tiny_bert.parameters()]
     with pytest.raises(Exception, match=match):
         ADA.apply(tiny_bert, _cfg(**kw))
-    assert pl.inject.get_method(tiny_bert) is None
+    assert pl.core.get_method(tiny_bert) is None
     assert tiny_bert.state_dict().keys() == before.keys()
     assert all(torch.equal(v, before[k]) for k, v in tiny_bert.state_dict().items())
     assert [p.requires_grad for p in tiny_bert.parameters()] == grads
     ADA.apply(tiny_bert, _cfg())                                # still usable afterwards
-    with pytest.raises(pl.inject.AlreadyAdaptedError):
+    with pytest.raises(pl.core.AlreadyAdaptedError):
         ADA.apply(tiny_bert, _cfg())
 
 

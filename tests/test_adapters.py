@@ -1,4 +1,4 @@
-"""peftlab.adapters: save / load in peftlab's format; every bad path raises and changes nothing."""
+"""peftlab.io: save / load in peftlab's format; every bad path raises and changes nothing."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import peftlab as pl
-from peftlab.adapters import CONFIG_FILE, HF_CONFIG_FILE, WEIGHTS_FILE, AdapterError, write_tensors
+from peftlab.core.errors import AdapterError
+from peftlab.io.files import CONFIG_FILE, HF_CONFIG_FILE, WEIGHTS_FILE, write_tensors
 from peftlab.lora import LoraConfig
 
 CFG = LoraConfig(r=4, alpha=8, targets=["query", "value", "word_embeddings"])
@@ -58,7 +59,7 @@ def test_round_trip_onto_a_plain_model(tiny_bert, tmp_path, ids):
     assert meta["num_parameters"] == sum(t.numel() for t in tensors.values()) \
         == pl.trainable_report(model).trainable
     loaded = pl.load_adapter(base, tmp_path / "a")
-    assert loaded is base and pl.inject.get_method(base) == "lora"
+    assert loaded is base and pl.core.get_method(base) == "lora"
     torch.testing.assert_close(base(input_ids=ids).logits, want, rtol=0, atol=0)
 
 
@@ -89,7 +90,7 @@ def test_wrong_base_model_raises_and_changes_nothing(tiny_bert, tmp_path):
     snap = snapshot(other)
     with pytest.raises(AdapterError, match=r"does not fit.*shape \(4, 32\).*\(4, 16\)"):
         pl.load_adapter(other, tmp_path)
-    assert unchanged(other, snap) and pl.inject.get_method(other) is None
+    assert unchanged(other, snap) and pl.core.get_method(other) is None
 
 
 def test_model_without_the_targets_raises(tiny_bert, tiny_gpt2, tmp_path):
@@ -98,7 +99,7 @@ def test_model_without_the_targets_raises(tiny_bert, tiny_gpt2, tmp_path):
     snap = snapshot(tiny_gpt2)
     with pytest.raises(AdapterError, match="matched no module"):
         pl.load_adapter(tiny_gpt2, tmp_path)
-    assert unchanged(tiny_gpt2, snap) and pl.inject.get_method(tiny_gpt2) is None
+    assert unchanged(tiny_gpt2, snap) and pl.core.get_method(tiny_gpt2) is None
 
 
 def test_other_config_or_method_on_the_model_raises(tiny_bert, tmp_path):
@@ -137,7 +138,7 @@ def test_truncated_file_raises(tiny_bert, tmp_path):
     snap = snapshot(base)
     with pytest.raises(AdapterError, match="not a readable safetensors file"):
         pl.load_adapter(base, tmp_path)
-    assert unchanged(base, snap) and pl.inject.get_method(base) is None
+    assert unchanged(base, snap) and pl.core.get_method(base) is None
 
 
 def test_pickle_is_never_loaded(tiny_bert, tmp_path):
@@ -166,7 +167,7 @@ def test_missing_or_extra_tensors_are_named(tiny_bert, tmp_path):
     with pytest.raises(AdapterError, match=r"missing from the adapter file: classifier\.bias.*"
                                            r"not in the model: bert\.pooler\.dense\.lora_A"):
         pl.load_adapter(base, tmp_path)
-    assert pl.inject.get_method(base) is None
+    assert pl.core.get_method(base) is None
 
 
 @pytest.mark.parametrize("edit, match", [
@@ -186,7 +187,7 @@ def test_bad_config_file(tiny_bert, tmp_path, edit, match):
     (tmp_path / CONFIG_FILE).write_text(json.dumps(meta))
     with pytest.raises(AdapterError, match=match):
         pl.load_adapter(base, tmp_path)
-    assert pl.inject.get_method(base) is None
+    assert pl.core.get_method(base) is None
 
 
 def test_not_json_and_missing_folder(tiny_bert, tmp_path):
@@ -214,7 +215,7 @@ def test_save_errors(tiny_bert, tmp_path):
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
-    from peftlab.adapters import atomic_write as _atomic_write
+    from peftlab.io.files import atomic_write as _atomic_write
 
     write_tensors(tmp_path / "t.safetensors", {"a": torch.ones(2)})
 

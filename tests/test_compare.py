@@ -79,9 +79,9 @@ def test_missing_and_failing_methods_are_reported_not_faked(monkeypatch):
         raise RuntimeError("boom")
     specs = dict(compare.TEXT_METHODS)
     specs["lora"] = compare.MethodSpec("lora", "peftlab.no_such_module", "-",
-                                       compare.Budget(64, 1, 1e-3), broken)
+                                       compare.TrainBudget(64, 1, 1e-3), broken)
     specs["head"] = compare.MethodSpec("head", "peftlab.full", "-",
-                                       compare.Budget(64, 1, 1e-3), broken)
+                                       compare.TrainBudget(64, 1, 1e-3), broken)
     monkeypatch.setitem(compare.METHODS, "text", specs)
     rep = compare.run(["head", "lora"], quick=True, model_fn=tiny_text_model)
     head, lora = rep.rows

@@ -87,7 +87,7 @@ def test_two_gloo_processes_save_the_single_process_adapter(tmp_path):
     single = load_file(str(tmp_path / "single" / "adapter_model.safetensors"))
     assert ddp.keys() == single.keys()
     assert all("lora_" in k or k.startswith("classifier.") for k in ddp)   # trainable only
-    start = pl.adapters.adapter_state_dict(ddp_train_model(tmp_path))
+    start = pl.io.adapter_state_dict(ddp_train_model(tmp_path))
     for k in ddp:
         torch.testing.assert_close(ddp[k], single[k], rtol=1e-5, atol=1e-6, msg=k)
         assert not torch.allclose(ddp[k], start[k]), f"{k} did not train"

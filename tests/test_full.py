@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import peftlab as pl
-from peftlab.inject import AlreadyAdaptedError
+from peftlab.core.errors import AlreadyAdaptedError
 
 
 def test_modes_choose_what_trains(tiny_bert):
@@ -38,7 +38,7 @@ def test_missing_head_name_leaves_model_unchanged(tiny_bert):
     with pytest.raises(Exception, match="no_such_head"):
         pl.full.apply(tiny_bert, pl.full.FullConfig(mode="head", modules_to_save=["no_such_head"]))
     assert [p.requires_grad for p in tiny_bert.parameters()] == before
-    assert pl.inject.get_method(tiny_bert) is None
+    assert pl.core.get_method(tiny_bert) is None
 
 
 def test_head_only_adapter_round_trip(tiny_bert, tmp_path):

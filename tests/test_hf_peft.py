@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import peftlab as pl
-from peftlab.adapters import HF_CONFIG_FILE, WEIGHTS_FILE, AdapterError
+from peftlab.core.errors import AdapterError
+from peftlab.io.files import HF_CONFIG_FILE, WEIGHTS_FILE
 from peftlab.lora import LoraConfig
 
 
@@ -92,7 +93,7 @@ def test_peft_to_ours_on_embedded(embedded, tmp_path):
     want = logits(hf, ids)
     hf.save_pretrained(tmp_path)
     pl.load_adapter(base, tmp_path)
-    assert pl.inject.get_method(base) == "lora"
+    assert pl.core.get_method(base) == "lora"
     assert pl.trainable_report(base).trainable == hf.get_nb_trainable_parameters()[0]
     assert (logits(base, ids) - want).abs().max().item() <= 1e-5
 
@@ -156,7 +157,7 @@ def test_hf_save_with_task_type_seq_cls(tiny_bert, tmp_path):
     perturb(hf)
     hf.save_pretrained(tmp_path)
     ours = pl.load_adapter(base, tmp_path)
-    assert pl.inject.get_config(ours).modules_to_save == ["classifier"]
+    assert pl.core.get_config(ours).modules_to_save == ["classifier"]
     torch.testing.assert_close(logits(ours, ids), logits(hf, ids), atol=1e-5, rtol=0)
 
 
@@ -196,7 +197,7 @@ def test_bad_hf_files(tiny_bert, tmp_path):
     save_file({"base_model.model.classifier.weight": torch.zeros(2, 32)}, folder / WEIGHTS_FILE)
     with pytest.raises(AdapterError, match="no lora_A"):
         pl.load_adapter(tiny_bert, folder)
-    assert pl.inject.get_method(tiny_bert) is None
+    assert pl.core.get_method(tiny_bert) is None
 
 
 def test_export_of_a_method_without_hf_counterpart(tiny_bert, tmp_path):
@@ -207,7 +208,7 @@ def test_export_of_a_method_without_hf_counterpart(tiny_bert, tmp_path):
 
 
 def test_dispatcher_keys_and_prefix_helpers():
-    from peftlab import hf_peft
+    from peftlab.io import hf_peft
 
     assert hf_peft.PEFT_TYPES["LORA"] == "lora"
     t = {"a.lora_A.weight": torch.zeros(1)}

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import peftlab as pl
-from peftlab.inject import AlreadyAdaptedError, TargetError
+from peftlab.core.errors import AlreadyAdaptedError, TargetError
 from peftlab.lora import LoraConfig, LoraConv2d, LoraEmbedding, LoraLayer, LoraLinear
 
 
@@ -181,7 +181,7 @@ def test_apply_freezes_base_and_trains_adapters_and_head(tiny_bert):
     train = {n for n, p in tiny_bert.named_parameters() if p.requires_grad}
     assert train == {f"bert.encoder.layer.{i}.attention.self.query.lora_{x}.weight"
                      for i in range(2) for x in "AB"} | {"classifier.weight", "classifier.bias"}
-    assert pl.inject.get_config(tiny_bert).modules_to_save == ["classifier"]
+    assert pl.core.get_config(tiny_bert).modules_to_save == ["classifier"]
     assert pl.lora.count_parameters(tiny_bert.__class__(tiny_bert.config), LoraConfig(
         r=2, targets=["query"]), include_modules_to_save=True) == pl.trainable_report(
         tiny_bert).trainable
@@ -199,7 +199,7 @@ def test_modules_to_save_explicit_and_empty(tiny_bert):
 def test_gpt2_default_does_not_train_tied_lm_head(tiny_gpt2):
     pl.lora.apply(tiny_gpt2, LoraConfig(r=2, targets=["c_attn"]))
     assert not tiny_gpt2.lm_head.weight.requires_grad
-    assert pl.inject.get_config(tiny_gpt2).modules_to_save == []
+    assert pl.core.get_config(tiny_gpt2).modules_to_save == []
 
 
 def test_one_step_leaves_base_weights_bit_identical(tiny_bert):
@@ -274,7 +274,7 @@ def test_merge_twice_noop_unmerge_restores_unload_plain(tiny_bert):
     pl.lora.unmerge(tiny_bert)                               # unmerge twice: no-op too
     torch.testing.assert_close(q.base_layer.weight, w0, atol=1e-6, rtol=0)
     pl.lora.merge(tiny_bert, unload=True)
-    assert not pl.lora.lora_layers(tiny_bert) and pl.inject.get_method(tiny_bert) is None
+    assert not pl.lora.lora_layers(tiny_bert) and pl.core.get_method(tiny_bert) is None
     assert set(tiny_bert.state_dict()) == set(base)
     torch.testing.assert_close(tiny_bert(input_ids=ids).logits, out, atol=1e-5, rtol=1e-5)
     pl.lora.apply(tiny_bert, LoraConfig(r=2, targets=["query"]))     # plain again
@@ -340,7 +340,7 @@ def test_bad_targets_leave_model_unchanged(tiny_bert, config, exc, match):
         pl.lora.apply(tiny_bert, config)
     assert same_state(tiny_bert, snap)
     assert grads == [p.requires_grad for p in tiny_bert.parameters()]
-    assert pl.inject.get_method(tiny_bert) is None
+    assert pl.core.get_method(tiny_bert) is None
     with pytest.raises(exc):
         pl.lora.count_parameters(tiny_bert, config)
 
@@ -389,7 +389,7 @@ def test_plots_draw_without_changing_the_model(tiny_bert):
 
     snap = snapshot(tiny_bert)
     fig = lora_plots.params_vs_rank(tiny_bert, ["query"], ranks=(1, 2, 4))
-    assert same_state(tiny_bert, snap) and pl.inject.get_method(tiny_bert) is None
+    assert same_state(tiny_bert, snap) and pl.core.get_method(tiny_bert) is None
     assert len(fig.axes[0].lines[0].get_xdata()) == 3
     pl.lora.apply(tiny_bert, LoraConfig(r=2, targets=["query"]))
     randomize_b(tiny_bert)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import peftlab as pl
-from peftlab.adapters import AdapterError
-from peftlab.inject import AlreadyAdaptedError
+from peftlab.core.errors import AdapterError
+from peftlab.core.errors import AlreadyAdaptedError
 
 P = 3
 
@@ -225,7 +225,7 @@ def test_fold_keeps_outputs(tiny_bert):
     with torch.no_grad():
         before = model(input_ids=IDS, attention_mask=MASK).logits
     pl.prefix.fold(model)
-    assert pl.inject.get_config(model).projection_hidden is None
+    assert pl.core.get_config(model).projection_hidden is None
     assert pl.trainable_report(model).trainable == 2 * 2 * P * 32 + 66
     with torch.no_grad():
         assert torch.allclose(model(input_ids=IDS, attention_mask=MASK).logits, before, atol=1e-6)
@@ -275,7 +275,7 @@ def test_save_load_roundtrip(tiny_bert, tmp_path, config):
         want = model(input_ids=IDS, attention_mask=MASK).logits
     pl.save_adapter(model, tmp_path / "a")
     pl.load_adapter(fresh, tmp_path / "a")
-    assert pl.inject.get_method(fresh) == config.method
+    assert pl.core.get_method(fresh) == config.method
     with torch.no_grad():
         assert torch.allclose(fresh(input_ids=IDS, attention_mask=MASK).logits, want, atol=1e-6)
 
@@ -291,7 +291,7 @@ def test_load_onto_other_shape_raises_and_changes_nothing(tiny_bert, tmp_path, c
     before = state(other)
     with pytest.raises(AdapterError, match="does not fit"):
         pl.load_adapter(other, tmp_path / "a")
-    assert same_state(before, state(other)) and pl.inject.get_method(other) is None
+    assert same_state(before, state(other)) and pl.core.get_method(other) is None
 
 
 @pytest.mark.parametrize("bad", [0, -2, True, 2.5])
@@ -312,7 +312,7 @@ def test_unsupported_models_raise_and_change_nothing(tiny_mlp, tiny_bert):
             before = state(model)
             with pytest.raises(err, match=msg):
                 pl.prefix.apply(model, config)
-            assert same_state(before, state(model)) and pl.inject.get_method(model) is None
+            assert same_state(before, state(model)) and pl.core.get_method(model) is None
     tiny_bert.config._attn_implementation_internal = "flex_attention"
     before = state(tiny_bert)
     with pytest.raises(ValueError, match="set_attn_implementation"):
@@ -376,6 +376,95 @@ def test_other_architectures_gqa_llama_and_roberta_head():
         vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=64, pad_token_id=0)).eval()
     pl.prefix.apply(roberta, pl.prefix.PromptConfig(P))
-    assert pl.inject.get_targets(roberta) == ["classifier.dense", "classifier.out_proj"]
+    assert pl.core.get_targets(roberta) == ["classifier.dense", "classifier.out_proj"]
     assert pl.trainable_report(roberta).trainable == P * 32 + (32 * 32 + 32) + (32 * 2 + 2)
     check_padding_invariance(roberta, token_level=False)
+
+
+# --- unloading: hooks, attention functions and state are removed ------------------------------
+
+def _registered(name):
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+    return name in AttentionInterface._global_mapping or \
+        name in AttentionMaskInterface._global_mapping
+
+
+def test_prefix_unload_gives_the_base_model_back(tiny_bert):
+    from peftlab.prefix import wiring
+    from peftlab.prefix.wiring import ATTN_PREFIX
+
+    wiring._USERS.clear()   # other tests' prefix models re-register on their next forward
+    ids = torch.tensor([[1, 5, 7, 2], [1, 9, 2, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        before = tiny_bert(input_ids=ids, attention_mask=mask).logits
+    impl = tiny_bert.config._attn_implementation
+    n_hooks = len(tiny_bert._forward_pre_hooks)
+    pl.prefix.apply(tiny_bert, pl.prefix.PrefixConfig(4))
+    assert _registered(ATTN_PREFIX + "sdpa") and len(tiny_bert._forward_pre_hooks) == n_hooks + 1
+    pl.prefix.unload(tiny_bert)
+    assert pl.core.get_method(tiny_bert) is None and not hasattr(tiny_bert, "prefix_encoder")
+    assert tiny_bert.config._attn_implementation == impl
+    assert len(tiny_bert._forward_pre_hooks) == n_hooks
+    assert not any(hasattr(m, "peftlab_prefix") for m in tiny_bert.modules())
+    assert not _registered(ATTN_PREFIX + "sdpa") and not _registered(ATTN_PREFIX + "eager")
+    with torch.no_grad():
+        assert torch.equal(tiny_bert(input_ids=ids, attention_mask=mask).logits, before)
+
+
+def test_probe_leaves_no_attention_function_registered(tiny_bert):
+    pl.prefix.probe(tiny_bert)
+    assert not _registered("peftlab_probe")
+
+
+def test_a_copy_of_a_prefix_model_works_after_the_original_is_unloaded(tiny_bert):
+    pl.prefix.apply(tiny_bert, pl.prefix.PrefixConfig(4))
+    twin = copy.deepcopy(tiny_bert)
+    ids = torch.tensor([[1, 5, 7, 2]])
+    with torch.no_grad():
+        want = tiny_bert(input_ids=ids).logits
+    pl.prefix.unload(tiny_bert)
+    with torch.no_grad():
+        assert torch.allclose(twin(input_ids=ids).logits, want)
+
+
+def test_prompt_unload_removes_its_hooks(tiny_bert):
+    ids = torch.tensor([[1, 5, 7, 2]])
+    with torch.no_grad():
+        before = tiny_bert(input_ids=ids).logits
+    emb = tiny_bert.get_input_embeddings()
+    counts = (len(tiny_bert._forward_pre_hooks), len(tiny_bert._forward_hooks),
+              len(emb._forward_hooks))
+    pl.prefix.apply(tiny_bert, pl.prefix.PromptConfig(3, init="normal"))
+    assert len(emb._forward_hooks) == counts[2] + 1
+    pl.prompt.unload(tiny_bert)
+    assert (len(tiny_bert._forward_pre_hooks), len(tiny_bert._forward_hooks),
+            len(emb._forward_hooks)) == counts
+    assert pl.core.get_method(tiny_bert) is None and not hasattr(tiny_bert, "prompt_encoder")
+    with torch.no_grad():
+        assert torch.equal(tiny_bert(input_ids=ids).logits, before)
+
+
+def test_prefix_attention_is_the_exercise_reference():
+    """The pure function against a hand-written softmax attention over [prefix ; text]."""
+    g = torch.Generator().manual_seed(0)
+    B, H, T, D, P = 2, 3, 5, 4, 2
+    q, k, v = (torch.randn(B, H, T, D, generator=g) for _ in range(3))
+    pk, pv = torch.randn(H, P, D, generator=g), torch.randn(H, P, D, generator=g)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    K, V = torch.cat([pk.expand(B, -1, -1, -1), k], 2), torch.cat([pv.expand(B, -1, -1, -1), v], 2)
+    visible = torch.cat([torch.ones(B, P, dtype=torch.bool), mask.bool()], 1)[:, None, None]
+    scores = (q @ K.transpose(-1, -2) / D ** 0.5).masked_fill(~visible, float("-inf"))
+    want = scores.softmax(-1) @ V
+    assert torch.allclose(pl.prefix.prefix_attention(q, k, v, pk, pv, mask), want, atol=1e-6)
+
+
+def test_insert_prompt_places_the_prompt_and_opens_the_mask():
+    x = torch.arange(2 * 3 * 2, dtype=torch.float).view(2, 3, 2)
+    z = torch.full((2, 2), -1.0)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    out, m = pl.prompt.insert_prompt(x, z, mask, start=1)
+    assert out.shape == (2, 5, 2) and torch.equal(out[:, 1:3], z.expand(2, -1, -1))
+    assert torch.equal(out[:, 0], x[:, 0]) and torch.equal(out[:, 3:], x[:, 1:])
+    assert m.tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]

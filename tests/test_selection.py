@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import peftlab as pl
 from peftlab import selection as sel
-from peftlab.adapters import AdapterError
+from peftlab.core.errors import AdapterError
 
 
 def bert_batches(n=3, bs=4, seq=10, vocab=100):
@@ -254,7 +254,7 @@ def test_save_load_rebuilds_selection_without_batches(tiny_bert, tmp_path):
     assert k + dense == round(0.02 * sum(p.numel() for p in base.parameters()))
     assert pl.measure.folder_size(path) < 4 * 12 * (k + dense) + 8000
     pl.load_adapter(base, path)
-    assert pl.inject.get_method(base) == "selection"
+    assert pl.core.get_method(base) == "selection"
     with torch.no_grad():
         torch.testing.assert_close(base(**inputs(batches[0])).logits,
                                    tiny_bert(**inputs(batches[0])).logits, rtol=0, atol=0)
@@ -311,7 +311,7 @@ def test_bad_apply_leaves_model_unchanged(tiny_bert, config, batches, match):
         sel.apply(tiny_bert, config, batches=batches)
     assert_same_state(tiny_bert, before)
     assert [p.requires_grad for p in tiny_bert.parameters()] == flags
-    assert pl.inject.get_method(tiny_bert) is None
+    assert pl.core.get_method(tiny_bert) is None
 
 
 def test_load_onto_other_shape_raises_and_changes_nothing(tiny_bert, tmp_path):
@@ -326,7 +326,7 @@ def test_load_onto_other_shape_raises_and_changes_nothing(tiny_bert, tmp_path):
     with pytest.raises(AdapterError, match="shape"):
         pl.load_adapter(other, path)
     assert_same_state(other, before)
-    assert pl.inject.get_method(other) is None
+    assert pl.core.get_method(other) is None
 
 
 def test_apply_twice_and_merge_plain_raise(tiny_bert):

@@ -229,3 +229,16 @@ def test_shard_weights_reproduce_the_full_batch_gradient(tiny_mlp):
     assert torch.allclose(sum(parts) / 3, full)
     (xs, _), w = tr.shard((x[:1], y[:1]), 2, 3)       # no rows left for rank 2
     assert w == 0.0 and xs.shape[0] == 1
+
+
+def test_fit_switches_no_global_setting(tiny_mlp):
+    """fit seeds (its seed= argument) but leaves deterministic-algorithm mode as it found it."""
+    was = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(False)
+        pl.full.apply(tiny_mlp, pl.full.FullConfig())
+        data = [(torch.randn(4, 8), torch.randint(0, 3, (4,))) for _ in range(2)]
+        tr.fit(tiny_mlp, data, epochs=1, progress=False)
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(was)

@@ -14,7 +14,7 @@ import torchvision
 from torch import nn
 
 import peftlab as pl
-from peftlab import vision as V
+from peftlab.models import vision as V
 
 ROOT = Path(__file__).resolve().parent.parent
 

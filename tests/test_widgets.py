@@ -220,7 +220,7 @@ def test_lora_explorer_counts_match_apply_without_changing_model(tiny_bert):
     ex.r.value, ex.alpha.value = 6, 12
     ex.targets.value = ("query", "key", "dense")
     assert ex.image.value != img and ex.scale == 2.0
-    assert _same(before, _state(tiny_bert)) and pl.inject.get_method(tiny_bert) is None
+    assert _same(before, _state(tiny_bert)) and pl.core.get_method(tiny_bert) is None
     applied = pl.lora.apply(copy.deepcopy(tiny_bert), ex.config())
     rep = pl.trainable_report(applied)
     assert (ex.trainable, ex.base_total + ex.added) == (rep.trainable, rep.total)

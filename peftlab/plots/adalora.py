@@ -15,7 +15,7 @@ import re
 import matplotlib.pyplot as plt
 import numpy as np
 
-from peftlab.adalora_allocator import budget_schedule
+from peftlab.adalora.adalora import budget_schedule
 
 _BLOCK = re.compile(r"^(.*?)\.(\d+)\.(.+)$")     # "...layer.3.attention.self.query"
 

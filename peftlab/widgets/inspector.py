@@ -21,7 +21,8 @@ import ipywidgets as W
 import torch
 from torch import nn
 
-from peftlab.inject import AdapterLayer, get_method
+from peftlab.core.layers import AdapterLayer
+from peftlab.core.state import get_method
 from peftlab.measure import human_bytes
 from peftlab.report import trainable_report
 from peftlab.runtime import available_devices

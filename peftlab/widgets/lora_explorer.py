@@ -27,7 +27,8 @@ import ipywidgets as W
 import numpy as np
 from torch import nn
 
-from peftlab.inject import get_method, is_head
+from peftlab.core.heads import is_head
+from peftlab.core.state import get_method
 from peftlab.report import trainable_report
 from peftlab.widgets._base import (
     WidgetBase,
@@ -42,7 +43,7 @@ from peftlab.widgets._base import (
 
 def target_options(model: nn.Module) -> list[str]:
     """'all-linear' plus the name suffixes of the modules LoRA can wrap (heads left out)."""
-    from peftlab.lora_layers import SUPPORTED
+    from peftlab.lora.lora import SUPPORTED
     names = [n.rsplit(".", 1)[-1] for n, m in model.named_modules()
              if n and isinstance(m, SUPPORTED) and not is_head(n, model)]
     return ["all-linear"] + list(dict.fromkeys(names))

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from peftlab.inject import AdapterLayer
+from peftlab.core.layers import AdapterLayer
 from peftlab.measure import human_bytes
 from peftlab.widgets._base import (
     WidgetBase,

@@ -21,7 +21,7 @@ import numpy as np
 from matplotlib.patches import Rectangle
 from torch import nn
 
-from peftlab.inject import get_method
+from peftlab.core.state import get_method
 from peftlab.widgets._base import WidgetBase, esc, image_widget, new_figure, show_figure
 
 MEAN = "mean"

@@ -55,7 +55,7 @@ class RankAllocationViewer(WidgetBase):
     def __init__(self, source):
         self.model = source if isinstance(source, nn.Module) else None
         if self.model is not None:
-            from peftlab.inject import get_method
+            from peftlab.core.state import get_method
             if get_method(self.model) != "adalora":
                 raise ValueError(f"RankAllocationViewer needs a model with AdaLoRA applied "
                                  f"(pl.adalora.apply), but this model carries "

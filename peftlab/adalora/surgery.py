@@ -1,0 +1,223 @@
+"""AdaLoRA: SVD-form adapters whose ranks move to where they matter (Zhang et al., ICLR 2023).
+
+    cfg = pl.adalora.AdaLoraConfig(init_r=12, target_r=4, targets=["query", "value"],
+                                   total_steps=300, tinit=30, tfinal=60)
+    pl.adalora.apply(model, cfg)
+    ... loss = loss_fn(model, batch) + pl.regularization(model)    # orthogonality penalty
+        loss.backward(); opt.step(); pl.after_step(model, step); opt.zero_grad()
+    pl.adalora.rank_pattern(model)     # {"...layer.0.attention.self.query": 5, ...}
+    pl.adalora.history(model)          # steps, budget, ranks per matrix (for plots, widgets)
+    pl.adalora.to_lora(model)          # plain LoRA layers of the final ranks
+
+The math (SVDLinear, the budget schedule, importance scores, the allocator) is in
+peftlab/adalora/adalora.py; this file is the surgery on a model and what the allocator did;
+saving and the Hugging Face PEFT format are in peftlab/adalora/format.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from peftlab.adalora.adalora import SVDLinear, allocate, budget_schedule, orthogonality_penalty
+from peftlab.core.heads import default_heads
+from peftlab.core.layers import LINEAR_TYPES
+from peftlab.core.state import ensure_plain, get_config, get_method, mark, unmark
+from peftlab.core.targets import (
+    find_targets,
+    freeze,
+    replace_module,
+    resolve_modules_to_save,
+    unfreeze_modules,
+)
+from peftlab.lora.lora import LoraLayer, LoraLinear
+from peftlab.lora.surgery import LoraConfig
+
+
+@dataclass
+class AdaLoraConfig:
+    method = "adalora"
+    init_r: int = 12              # rank every matrix starts with (paper: ~1.5x the final average)
+    target_r: int = 8             # average rank at the end: final budget = target_r * n_matrices
+    # modules to adapt (Linear / Conv1D), matched by the rules of peftlab/core/targets.py
+    targets: list = field(default_factory=lambda: ["query", "value"])
+    total_steps: int = 1000       # optimizer steps of the whole run: the schedule is laid out on it
+    tinit: int = 0                # warm-up steps at the full budget before any rank is dropped
+    tfinal: int = 1               # last steps with the mask fixed (>= 1: fixed at step T - tfinal)
+    delta_t: int = 1              # re-mask every delta_t steps while the budget falls
+    beta1: float = 0.85           # EMA factor of the sensitivity |w * grad| (paper: 0.85)
+    beta2: float = 0.85           # EMA factor of its uncertainty |I - I_bar| (paper: 0.85)
+    orth_reg_weight: float = 0.1  # weight of the orthogonality penalty added by pl.regularization
+    alpha: float = 16.0           # update scale is alpha / init_r (PEFT: lora_alpha / ranknum)
+    dropout: float = 0.0          # dropout on the adapter's input only
+    modules_to_save: list | None = None  # also trained in full; None: the detected output head
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field and the fix; called again by apply()."""
+        def need(ok, msg):
+            if not ok:
+                raise ValueError(f"AdaLoraConfig: {msg}")
+        for f in ("init_r", "target_r", "total_steps", "tinit", "tfinal", "delta_t"):
+            v = getattr(self, f)
+            need(isinstance(v, int) and not isinstance(v, bool), f"{f} must be an int, got {v!r}.")
+        need(self.init_r >= 1, f"init_r must be >= 1, got {self.init_r}.")
+        need(1 <= self.target_r <= self.init_r,
+             f"target_r={self.target_r} must be between 1 and init_r={self.init_r}: the budget "
+             f"only shrinks. Raise init_r (paper: ~1.5x target_r) or lower target_r.")
+        need(self.total_steps >= 1, f"total_steps must be >= 1 (the optimizer steps you will "
+             f"run, e.g. len(loader) * epochs), got {self.total_steps}.")
+        need(self.tinit >= 0, f"tinit must be >= 0, got {self.tinit}.")
+        need(self.tfinal >= 1, f"tfinal must be >= 1 (the final mask is fixed at step "
+             f"total_steps - tfinal, which must be a step that is taken), got {self.tfinal}.")
+        need(self.tinit + self.tfinal < self.total_steps,
+             f"tinit + tfinal = {self.tinit} + {self.tfinal} leaves no steps for the budget to "
+             f"fall in total_steps={self.total_steps}; lower tinit/tfinal or raise total_steps.")
+        need(self.delta_t >= 1, f"delta_t must be >= 1 (steps between re-masks), "
+             f"got {self.delta_t}.")
+        for f in ("beta1", "beta2"):
+            v = getattr(self, f)
+            need(isinstance(v, (int, float)) and 0 < v < 1, f"{f} must be in (0, 1) (an EMA "
+                 f"factor; paper: 0.85), got {v!r}.")
+        need(self.orth_reg_weight >= 0, f"orth_reg_weight must be >= 0, "
+             f"got {self.orth_reg_weight}.")
+        need(self.alpha > 0, f"alpha must be > 0 (scale = alpha / init_r), got {self.alpha}.")
+        need(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}.")
+        need(not isinstance(self.targets, str), f"targets must be a list, e.g. "
+             f"[{self.targets!r}], got the string {self.targets!r}.")
+
+
+# --- apply -------------------------------------------------------------------------------------
+
+def apply(model: nn.Module, config: AdaLoraConfig | None = None) -> nn.Module:
+    """Wrap every target Linear in an SVDLinear, freeze the rest; the model, changed in place.
+
+    Everything is checked first (config, targets, modules_to_save): on error nothing changed.
+    """
+    config = config or AdaLoraConfig()
+    if not isinstance(config, AdaLoraConfig):
+        raise TypeError(f"pl.adalora.apply needs an AdaLoraConfig, got {type(config).__name__}.")
+    config.validate()
+    ensure_plain(model, "adalora")
+    names = find_targets(model, config.targets, allowed=LINEAR_TYPES, method="AdaLoRA")
+    keep = resolve_modules_to_save(model, names, config.modules_to_save, default_heads(model),
+                                   "an AdaLoRA")
+    new = {n: SVDLinear(model.get_submodule(n), config.init_r, config.alpha, config.dropout,
+                        config.total_steps) for n in names}
+    freeze(model)
+    for n, layer in new.items():
+        replace_module(model, n, layer)
+    unfreeze_modules(model, keep)
+    mark(model, "adalora", dataclasses.replace(config, modules_to_save=keep), names)
+    return model
+
+
+def layers(model: nn.Module) -> dict[str, SVDLinear]:
+    """{module name: SVDLinear} in model order; raises if the model carries no AdaLoRA."""
+    found = {n: m for n, m in model.named_modules() if isinstance(m, SVDLinear)}
+    if get_method(model) != "adalora" or not found:
+        raise ValueError("This model carries no AdaLoRA adapter: apply it first with "
+                         "pl.adalora.apply(model, pl.adalora.AdaLoraConfig(...)). (pl.after_step "
+                         "and pl.regularization are no-ops on models without a method.)")
+    return found
+
+
+def _config(model: nn.Module) -> AdaLoraConfig:
+    return get_config(model)
+
+
+def after_step(model: nn.Module, step: int) -> None:
+    """Score importance from the step's gradients and re-allocate ranks (see the allocator)."""
+    allocate(layers(model), _config(model), step)
+
+
+def regularization(model: nn.Module) -> torch.Tensor:
+    """orth_reg_weight * mean over layers of ||P^T P - I||_F^2 + ||Q Q^T - I||_F^2.
+
+    (PEFT uses the unsquared norm averaged over the 2n matrices; we follow the paper.)
+    """
+    found, weight = layers(model), _config(model).orth_reg_weight
+    first = next(iter(found.values())).lora_P
+    if weight == 0:
+        return torch.zeros((), device=first.device)
+    total = sum(orthogonality_penalty(layer.lora_P, layer.lora_Q) for layer in found.values())
+    return weight * total / len(found)
+
+
+# --- what the allocator did --------------------------------------------------------------------
+
+def rank_pattern(model: nn.Module) -> dict[str, int]:
+    """{adapted matrix: number of kept triplets} now."""
+    return {n: layer.rank for n, layer in layers(model).items()}
+
+
+def history(model: nn.Module) -> dict:
+    """The allocation so far: {"steps": [...], "budget": [...], "ranks": {name: [...]},
+    "kept": [...], "init_r", "target_r", "total_steps"}.
+
+    steps are the 0-based steps after_step has recorded; budget the schedule b(t); kept the
+    triplets actually kept (equal to the budget right after each re-mask)."""
+    found, cfg = layers(model), _config(model)
+    hist = torch.stack([layer.rank_history.cpu() for layer in found.values()])   # (n, T)
+    steps = torch.nonzero((hist >= 0).all(dim=0)).flatten().tolist()
+    ranks = {n: hist[i, steps].tolist() for i, n in enumerate(found)}
+    return {"steps": steps,
+            "budget": [budget_schedule(cfg, s, len(found)).budget for s in steps],
+            "kept": hist[:, steps].sum(dim=0).tolist(),
+            "ranks": ranks, "init_r": cfg.init_r, "target_r": cfg.target_r,
+            "total_steps": cfg.total_steps}
+
+
+def final_parameter_count(model: nn.Module) -> int:
+    """Adapter parameters the kept triplets use: sum over kept triplets of out + in + 1."""
+    return sum(layer.rank * (layer.out_features + layer.in_features + 1)
+               for layer in layers(model).values())
+
+
+# --- AdaLoRA -> LoRA ----------------------------------------------------------------------------
+
+@torch.no_grad()
+def to_lora(model: nn.Module) -> nn.Module:
+    """Turn every SVD layer into a plain peftlab LoRA layer of its final rank k; in place.
+
+        B = P[:, kept] diag(lambda[kept])   (out, k),    A = Q[kept]   (k, in)
+        LoRA alpha = AdaLoRA alpha * k / init_r, so the LoRA scale alpha / k is unchanged
+
+    and B A = P diag(lambda) Q: the outputs stay the same. A matrix that kept no triplet
+    goes back to its plain base layer. The model is then marked as a "lora" model (the
+    recorded config has r = the largest final rank), so pl.lora.merge works on it.
+    """
+    found, cfg = layers(model), _config(model)
+    new = {}
+    for name, layer in found.items():
+        slots = stored_slots(layer)
+        k = int(slots.sum())
+        if k == 0:
+            new[name] = layer.base_layer
+            continue
+        lo = LoraLinear(layer.base_layer, r=k, alpha=cfg.alpha * k / cfg.init_r,
+                        dropout=cfg.dropout)
+        lo.lora_A.weight.copy_(layer.lora_Q[slots])                              # (k, in)
+        lo.lora_B.weight.copy_(layer.lora_P[:, slots] * layer.lora_lambda[slots])  # (out, k)
+        assert abs(lo.scale - layer.scale) < 1e-12 * max(1.0, layer.scale)
+        new[name] = lo
+    for name, module in new.items():
+        replace_module(model, name, module)
+    kept = [n for n, m in new.items() if isinstance(m, LoraLayer)]
+    r_max = max((new[n].r for n in kept), default=1)
+    lcfg = LoraConfig(r=r_max, alpha=cfg.alpha * r_max / cfg.init_r, dropout=cfg.dropout,
+                      targets=kept, modules_to_save=list(cfg.modules_to_save or []))
+    unmark(model)
+    mark(model, "lora", lcfg, kept)
+    return model
+
+
+def stored_slots(layer: SVDLinear) -> torch.Tensor:
+    """(init_r,) bool: triplets that still act: kept by the mask, or with lambda not exactly 0
+    (between two re-masks a dropped lambda can drift from 0 and still act)."""
+    return layer.lora_mask | (layer.lora_lambda.detach() != 0)

@@ -1,0 +1,164 @@
+"""What `peftlab compare` runs: the methods with their training budgets, and the tasks."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+TASKS = ("text", "vision")
+
+
+@dataclass
+class TrainBudget:
+    train_size: int | None    # training examples used (a seeded subset); None: all of them
+    epochs: float             # passes over those examples
+    lr: float                 # peak learning rate (AdamW, linear decay, 6% warm-up)
+    batch_size: int = 32      # examples per optimizer step
+
+
+@dataclass
+class MethodSpec:
+    name: str                 # the --methods name and the table's first column
+    module: str               # the peftlab module that must import for the method to run
+    description: str          # what is trained, in a few words
+    budget: TrainBudget       # the default training budget (data, epochs, lr)
+    build: Callable           # build(model, ctx) applies the method to a fresh model
+
+
+# --- text task: the embedded MiniLM on sentiment_contrast ----------------------------------------
+
+def _full(mode):
+    def build(model, ctx):
+        from peftlab import full
+        full.apply(model, full.FullConfig(mode=mode))
+    return build
+
+
+def _lora(model, ctx):
+    from peftlab import lora
+    r = ctx.get("lora_r", 8)
+    lora.apply(model, lora.LoraConfig(r=r, alpha=2 * r, targets=ctx["lora_targets"]))
+
+
+def _prefix(model, ctx):
+    from peftlab import prefix
+    prefix.apply(model, prefix.PrefixConfig(num_virtual_tokens=10))
+
+
+def _prompt(model, ctx):
+    from peftlab import prefix
+    prefix.apply(model, prefix.PromptConfig(num_virtual_tokens=10), tokenizer=ctx["tokenizer"])
+
+
+def _selection(model, ctx):
+    from peftlab import selection, train
+    cfg = selection.SelectionConfig(fraction=ctx["selection_fraction"], per_example=False,
+                                    max_batches=8, seed=ctx["seed"])
+    batches = [b for b, _ in zip(ctx["score_loader"](), range(cfg.max_batches))]
+    selection.apply(model, cfg, batches=batches, loss_fn=train.loss_fn)
+
+
+def _adalora(model, ctx):
+    from peftlab import adalora
+    steps = ctx["total_steps"]
+    tinit, tfinal = max(0, steps // 10), max(1, steps // 5)
+    if tinit + tfinal >= steps:             # very short (--quick) runs: no warm-up phase
+        tinit, tfinal = 0, 1
+    adalora.apply(model, adalora.AdaLoraConfig(
+        init_r=12, target_r=4, targets=ctx["lora_targets"], total_steps=max(2, steps),
+        tinit=tinit, tfinal=tfinal, alpha=32.0))
+
+
+TEXT_METHODS = {s.name: s for s in [
+    MethodSpec("full", "peftlab.full", "every weight", TrainBudget(1280, 1, 1e-4), _full("all")),
+    MethodSpec("head", "peftlab.full", "classifier head only", TrainBudget(2400, 2, 1e-2),
+               _full("head")),
+    MethodSpec("lora", "peftlab.lora", "r=8 on query,value + head", TrainBudget(2400, 1, 3e-3),
+               _lora),
+    MethodSpec("prefix", "peftlab.prefix", "10 key/value prefixes per layer + head",
+               TrainBudget(2400, 1, 3e-2), _prefix),
+    MethodSpec("prompt", "peftlab.prompt", "10 soft prompt tokens + head",
+               TrainBudget(2400, 1, 3e-2), _prompt),
+    MethodSpec("selection", "peftlab.selection", "0.5% of weights by Fisher score + head",
+               TrainBudget(1280, 1, 1e-3), _selection),
+    MethodSpec("adalora", "peftlab.adalora", "SVD adapters, rank 12 -> 4 avg + head",
+               TrainBudget(2400, 1, 3e-2), _adalora),
+]}
+
+# --- vision task: the embedded digits ResNet, transfer from 0-4 to 5-9 ---------------------------
+
+VISION_METHODS = {s.name: s for s in [
+    MethodSpec("full", "peftlab.full", "every weight", TrainBudget(None, 30, 3e-3, 16),
+               _full("all")),
+    MethodSpec("head", "peftlab.full", "fc head only", TrainBudget(None, 30, 3e-2, 16), _full("head")),
+    MethodSpec("lora", "peftlab.lora", "r=4 on every conv + head", TrainBudget(None, 30, 1e-2, 16),
+               _lora),
+    MethodSpec("selection", "peftlab.selection", "2% of weights by Fisher score + head",
+               TrainBudget(None, 30, 1e-2, 16), _selection),
+]}
+
+METHODS = {"text": TEXT_METHODS, "vision": VISION_METHODS}
+
+
+def available(task: str = "text") -> list[str]:
+    """Method names `compare` knows for a task, in table order."""
+    if task not in METHODS:
+        raise ValueError(f"Unknown task {task!r}: use one of {', '.join(TASKS)}.")
+    return list(METHODS[task])
+
+
+# --- the task: data, base model, loaders --------------------------------------------------------
+
+@dataclass
+class Task:
+    name: str
+    make_model: Callable[[], nn.Module]    # a fresh copy of the pretrained base model
+    train: object                          # the full training data (TextSplit or Dataset)
+    validation: object
+    test: object
+    tokenizer: object = None
+    max_length: int = 32
+    ctx: dict = field(default_factory=dict)
+
+    def subset(self, n, seed):
+        if n is None or n >= len(self.train):
+            return self.train
+        if hasattr(self.train, "subset"):
+            return self.train.subset(n, seed)
+        g = torch.Generator().manual_seed(seed)
+        return torch.utils.data.Subset(self.train, torch.randperm(len(self.train), generator=g)[:n].tolist())
+
+    def loader(self, data, batch_size, shuffle, seed):
+        from peftlab.train import as_loader as _as_loader
+        return _as_loader(data, self.tokenizer, batch_size, shuffle, seed, self.max_length,
+                          "data")
+
+
+def text_task(seed: int = 0, quick: bool = False, model_fn=None) -> Task:
+    """The embedded MiniLM classifier on sentiment_contrast (test: held-out vocabulary).
+    model_fn() -> (model, tokenizer) replaces the embedded model (tests use a tiny one)."""
+    from peftlab import data, models
+    ds = data.load_dataset()
+    base, tok = (model_fn or (lambda: models.text_classifier(ds.num_labels, seed=seed)))()
+    base.eval()
+    val, test = ds.validation, ds.test
+    if quick:
+        val, test = val.subset(64, seed), test.subset(128, seed)
+    return Task("text", lambda: copy.deepcopy(base), ds.train, val, test, tok,
+                max_length=24 if quick else 32,
+                ctx={"lora_targets": ["query", "value"], "selection_fraction": 0.005})
+
+
+def vision_task(seed: int = 0, quick: bool = False, model_fn=None) -> Task:
+    """The digits ResNet pretrained on 0-4, transferred to 5-9 with 10 images per class."""
+    from peftlab.models import vision
+    train, test = vision.digits_transfer(shots_per_class=10, seed=seed)
+    base = (model_fn or (lambda: vision.vision_classifier(num_classes=5, seed=seed)))()
+    if quick:
+        test = torch.utils.data.Subset(test, list(range(0, len(test), 8)))
+    return Task("vision", lambda: copy.deepcopy(base).eval(), train, None, test,
+                ctx={"lora_targets": ["re:.*conv\\d"], "lora_r": 4, "selection_fraction": 0.02})

@@ -1,0 +1,30 @@
+"""Shared machinery every method builds on; imports nothing else from peftlab.
+
+    errors.py     TargetError, AlreadyAdaptedError, AdapterError
+    state.py      which method a model carries (MethodState), eval_mode
+    layers.py     AdapterLayer, the one import of transformers' Conv1D
+    heads.py      the one rule for a model's output head (tied LM heads included)
+    targets.py    target matching, module replacement, freezing, modules_to_save
+    batches.py    what a batch is; forward and the default loss
+    hf.py         transformers helpers (attention implementation switching)
+    registry.py   method name -> package; pl.after_step / pl.regularization
+"""
+
+from peftlab.core.errors import AdapterError, AlreadyAdaptedError, TargetError
+from peftlab.core.heads import default_heads, head_names, is_head
+from peftlab.core.layers import AdapterLayer
+from peftlab.core.state import (
+    MethodState,
+    ensure_plain,
+    eval_mode,
+    get_config,
+    get_method,
+    get_targets,
+    mark,
+    unmark,
+)
+from peftlab.core.targets import find_targets
+
+__all__ = ["AdapterError", "AdapterLayer", "AlreadyAdaptedError", "MethodState", "TargetError",
+           "default_heads", "ensure_plain", "eval_mode", "find_targets", "get_config",
+           "get_method", "get_targets", "head_names", "is_head", "mark", "unmark"]

@@ -1,0 +1,50 @@
+"""What a batch is, for every part of peftlab (training, scoring, measuring, sharding).
+
+A batch is either a dict of tensors with a "labels" entry (text: the model takes the other
+entries as keyword arguments and returns logits, or an object with .logits), or a tuple
+(inputs, labels) (vision: the model takes the inputs tensor).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def to_device(batch, device):
+    if isinstance(batch, dict):
+        return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    return batch.to(device) if torch.is_tensor(batch) else batch
+
+
+def split_batch(batch):
+    """(model inputs, labels) from a dict batch {..., "labels"} or a tuple (x, y)."""
+    if isinstance(batch, dict):
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return inputs, batch.get("labels")
+    if isinstance(batch, (list, tuple)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise TypeError(f"A batch must be a dict with 'labels' or a tuple (inputs, labels); got "
+                    f"{type(batch).__name__}.")
+
+
+def logits_of(model: nn.Module, inputs) -> torch.Tensor:
+    out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+    return out if torch.is_tensor(out) else out.logits
+
+
+def forward(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) for a batch already on the model's device."""
+    inputs, labels = split_batch(batch)
+    return logits_of(model, inputs), labels
+
+
+def loss_fn(model: nn.Module, batch) -> torch.Tensor:
+    """Cross-entropy of the model on a batch (moved to the model's device). The default loss of
+    fit(), and a ready `loss_fn` for pl.selection.apply."""
+    device = next(model.parameters()).device
+    logits, labels = forward(model, to_device(batch, device))
+    return F.cross_entropy(logits.float(), labels)

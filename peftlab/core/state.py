@@ -1,0 +1,99 @@
+"""Which method a model carries, kept in one explicit object on the model.
+
+    pl.lora.apply(model, cfg)
+    get_method(model)        # "lora"
+    get_config(model)        # the LoraConfig, with modules_to_save resolved
+    get_targets(model)       # ["bert.encoder.layer.0.attention.self.query", ...]
+
+`apply` stores a MethodState in `model.peftlab_state` (a plain attribute: it travels with
+copy.deepcopy, and state_dict() ignores it). Hooks a method registers are kept in the state
+and removed when the method is unloaded. Everything numeric (adapter weights, masks,
+importance scores) lives in the model's own parameters and buffers, not here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from peftlab.core.errors import AlreadyAdaptedError
+
+STATE_ATTR = "peftlab_state"
+
+
+@dataclass
+class MethodState:
+    method: str                   # "lora", "adalora", "prefix", "prompt", "selection", "full"
+    config: Any                   # the method's config dataclass (modules_to_save resolved)
+    targets: list[str] = field(default_factory=list)   # resolved module names it adapted
+    hooks: list = field(default_factory=list)           # RemovableHandles, removed on unload
+
+    def remove_hooks(self) -> None:
+        for handle in self.hooks:
+            handle.remove()
+        self.hooks.clear()
+
+
+def method_state(model: nn.Module) -> MethodState | None:
+    state = getattr(model, STATE_ATTR, None)
+    return state if isinstance(state, MethodState) else None
+
+
+def get_method(model: nn.Module) -> str | None:
+    """The name of the peftlab method applied to `model`, or None for a plain model."""
+    state = method_state(model)
+    return state.method if state else None
+
+
+def get_config(model: nn.Module):
+    state = method_state(model)
+    return state.config if state else None
+
+
+def get_targets(model: nn.Module) -> list[str]:
+    state = method_state(model)
+    return list(state.targets) if state else []
+
+
+def ensure_plain(model: nn.Module, method: str) -> None:
+    """Raise if `model` already carries a peftlab method (one method per model)."""
+    current = get_method(model)
+    if current is not None:
+        again = "again " if current == method else ""
+        raise AlreadyAdaptedError(
+            f"This model already carries a peftlab {current!r} adapter; applying {method!r} "
+            f"{again}would stack methods. peftlab applies one method per model: start from a "
+            f"fresh base model (e.g. pl.models.text_classifier()).")
+
+
+def mark(model: nn.Module, method: str, config, targets: list[str] | None = None,
+         hooks: list | None = None) -> MethodState:
+    """Record on the model which method it carries, with its config and resolved targets.
+    Marking again (e.g. after prefix.fold) keeps the hooks already recorded."""
+    old = method_state(model)
+    kept = list(old.hooks) if old is not None and old.method == method else []
+    state = MethodState(method, config, list(targets or []), kept + list(hooks or []))
+    setattr(model, STATE_ATTR, state)
+    return state
+
+
+def unmark(model: nn.Module) -> None:
+    """Forget the method: its hooks are removed and the state attribute deleted."""
+    state = method_state(model)
+    if state is not None:
+        state.remove_hooks()
+        delattr(model, STATE_ATTR)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Put the model in eval mode for a block; its train/eval mode comes back afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

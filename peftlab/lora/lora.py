@@ -1,0 +1,193 @@
+"""The math of LoRA (Hu et al., 2021): layers that wrap (do not subclass) a frozen base layer.
+
+    y = W x + b + scale * B (A (dropout(x)))        A: (r, d_in), B: (d_out, r)
+    scale = alpha / r        (or alpha / sqrt(r) with rsLoRA, Kalajdzievski 2023)
+
+
+    LoraLinear     nn.Linear and transformers' Conv1D (GPT-2; weight stored transposed)
+    LoraConv2d     nn.Conv2d (groups=1): A is a conv with the base's kernel, B a 1x1 conv
+    LoraEmbedding  nn.Embedding: A, B are plain parameters, as in Hugging Face PEFT
+
+Parameter names and initialisation follow Hugging Face PEFT (lora_A / lora_B,
+lora_embedding_A / lora_embedding_B, the wrapped layer as `base_layer`), so state dicts
+map one to one and adapters trained here load there (and back) with identical outputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from peftlab.core.layers import AdapterLayer, Conv1D, is_conv1d
+
+SUPPORTED: tuple[type, ...] = tuple(t for t in (nn.Linear, nn.Conv2d, nn.Embedding, Conv1D) if t)
+
+
+def lora_scale(alpha: float, r: int, rslora: bool = False) -> float:
+    """alpha / r (Hu et al.), or alpha / sqrt(r) (rsLoRA: keeps large-r updates from fading)."""
+    return alpha / math.sqrt(r) if rslora else alpha / r
+
+
+def dims(module: nn.Module) -> tuple[int, int]:
+    """(d_in, d_out) of a supported layer; for Conv2d d_in counts the kernel: in * kh * kw."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if isinstance(module, nn.Conv2d):
+        return module.in_channels * math.prod(module.kernel_size), module.out_channels
+    if isinstance(module, nn.Embedding):
+        return module.num_embeddings, module.embedding_dim
+    if is_conv1d(module):                      # GPT-2: weight stored as (d_in, d_out)
+        return module.weight.shape[0], module.weight.shape[1]
+    raise TypeError(f"LoRA cannot wrap {type(module).__name__}.")
+
+
+def max_rank(module: nn.Module) -> int:
+    """The largest useful rank: an update of shape (d_out, d_in) has rank <= min(d_out, d_in)."""
+    return min(dims(module))
+
+
+class LoraLayer(AdapterLayer):
+    """Common part: r, alpha, scale, the `merged` flag and merge/unmerge on the base weight."""
+
+    method = "lora"
+
+    def __init__(self, base_layer: nn.Module, r: int, alpha: float, rslora: bool = False):
+        super().__init__()
+        self.base_layer = base_layer
+        self.r = r
+        self.alpha = alpha
+        self.scale = lora_scale(alpha, r, rslora)
+        self.merged = False   # True while scale * B @ A sits inside base_layer.weight
+
+    @staticmethod
+    def count(module: nn.Module, r: int) -> int:
+        """Adapter parameters for `module` at rank r: r * (d_in + d_out) (conv: B is 1x1)."""
+        d_in, d_out = dims(module)
+        return r * (d_in + d_out)
+
+    def delta_weight(self) -> torch.Tensor:  # pragma: no cover - each layer defines it
+        raise NotImplementedError
+
+    def _delta_for_merge(self) -> torch.Tensor:
+        w = self.base_layer.weight
+        return self.delta_weight().to(w.dtype)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W <- W + scale * B @ A; the forward pass then skips A and B. A no-op when merged."""
+        if not self.merged:
+            self.base_layer.weight.add_(self._delta_for_merge())
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """W <- W - scale * B @ A. A no-op when not merged."""
+        if self.merged:
+            self.base_layer.weight.sub_(self._delta_for_merge())
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, alpha={self.alpha}, scale={self.scale:g}, merged={self.merged}"
+
+
+def _kaiming(weight: torch.Tensor) -> None:
+    # what nn.Linear does to its weight (and loralib / HF PEFT to A)
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+
+
+class LoraLinear(LoraLayer):
+    """y = base(x) + scale * B(A(dropout(x)))
+
+    x: (..., d_in) -> y: (..., d_out); A: (r, d_in), B: (d_out, r).
+    delta_weight = scale * B @ A, (d_out, d_in); transposed to (d_in, d_out) for Conv1D.
+    """
+
+    def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float = 0.0,
+                 rslora: bool = False):
+        super().__init__(base_layer, r, alpha, rslora)
+        d_in, d_out = dims(base_layer)
+        self.fan_in_fan_out = is_conv1d(base_layer)
+        w = base_layer.weight
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_A = nn.Linear(d_in, r, bias=False, device=w.device, dtype=w.dtype)
+        self.lora_B = nn.Linear(r, d_out, bias=False, device=w.device, dtype=w.dtype)
+        _kaiming(self.lora_A.weight)
+        nn.init.zeros_(self.lora_B.weight)     # the update starts at exactly zero
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)                                      # (..., d_out)
+        if self.merged:
+            return y
+        x = x.to(self.lora_A.weight.dtype)
+        return y + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scale
+
+    def delta_weight(self) -> torch.Tensor:
+        d = (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scale  # (d_out, d_in)
+        return d.T if self.fan_in_fan_out else d
+
+
+class LoraConv2d(LoraLayer):
+    """y = base(x) + scale * B(A(dropout(x)))
+
+    x: (N, C_in, H, W) -> y: (N, C_out, H', W'). A: a Conv2d C_in -> r with the base's kernel,
+    stride, padding and dilation, weight (r, C_in, kh, kw); B: a 1x1 Conv2d r -> C_out,
+    weight (C_out, r, 1, 1). delta_weight[o, i, u, v] = scale * sum_k B[o, k] A[k, i, u, v].
+    """
+
+    def __init__(self, base_layer: nn.Conv2d, r: int, alpha: float, dropout: float = 0.0,
+                 rslora: bool = False):
+        super().__init__(base_layer, r, alpha, rslora)
+        b, w = base_layer, base_layer.weight
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_A = nn.Conv2d(b.in_channels, r, b.kernel_size, b.stride, b.padding, b.dilation,
+                                bias=False, padding_mode=b.padding_mode, device=w.device,
+                                dtype=w.dtype)
+        self.lora_B = nn.Conv2d(r, b.out_channels, 1, 1, bias=False, device=w.device,
+                                dtype=w.dtype)
+        _kaiming(self.lora_A.weight)
+        nn.init.zeros_(self.lora_B.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)
+        if self.merged:
+            return y
+        x = x.to(self.lora_A.weight.dtype)
+        return y + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scale
+
+    def delta_weight(self) -> torch.Tensor:
+        b = self.lora_B.weight.float()[:, :, 0, 0]                   # (C_out, r)
+        return torch.einsum("ok,kiuv->oiuv", b, self.lora_A.weight.float()) * self.scale
+
+
+class LoraEmbedding(LoraLayer):
+    """y = base(ids) + scale * A.T[ids] @ B.T
+
+    ids: (...) ints -> y: (..., dim). A: (r, num_embeddings), B: (dim, r), so A.T is a small
+    (num_embeddings, r) embedding table. delta_weight = scale * (B @ A).T, (num_embeddings, dim).
+    Following HF PEFT, A starts at zero and B normal (the reverse of Linear: a zero A still
+    lets B get gradients), and there is no dropout (the inputs are token ids).
+    """
+
+    def __init__(self, base_layer: nn.Embedding, r: int, alpha: float, rslora: bool = False):
+        super().__init__(base_layer, r, alpha, rslora)
+        w = base_layer.weight
+        n, dim = base_layer.num_embeddings, base_layer.embedding_dim
+        self.lora_embedding_A = nn.Parameter(torch.zeros(r, n, device=w.device, dtype=w.dtype))
+        self.lora_embedding_B = nn.Parameter(torch.empty(dim, r, device=w.device, dtype=w.dtype))
+        nn.init.normal_(self.lora_embedding_B)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(ids)                                    # (..., dim)
+        if self.merged:
+            return y
+        b = self.base_layer
+        after_a = F.embedding(ids, self.lora_embedding_A.T, padding_idx=b.padding_idx,
+                              scale_grad_by_freq=b.scale_grad_by_freq, sparse=b.sparse)  # (..., r)
+        return y + (after_a @ self.lora_embedding_B.T) * self.scale
+
+    def delta_weight(self) -> torch.Tensor:
+        d = self.lora_embedding_B.float() @ self.lora_embedding_A.float()          # (dim, n)
+        return d.T * self.scale

@@ -1,0 +1,220 @@
+"""LoRA: low-rank adaptation (Hu et al., 2021), from scratch.
+
+A frozen weight W (d_out, d_in) gets a trainable update of rank r << min(d_out, d_in):
+
+    y = W x + b + scale * B (A (dropout(x)))        A: (r, d_in), B: (d_out, r)
+    scale = alpha / r        (or alpha / sqrt(r) with rsLoRA, Kalajdzievski 2023)
+
+A starts like a normal layer (kaiming-uniform), B at zero, so training starts exactly at the
+base model. Only A and B (r * (d_in + d_out) numbers per layer) train; merge() folds
+scale * B @ A into W for zero-overhead inference, unmerge() takes it out again.
+
+    cfg = pl.lora.LoraConfig(r=8, alpha=16, targets=["query", "value"])
+    pl.lora.apply(model, cfg)          # wraps the targets, freezes the rest (the head trains)
+    pl.lora.merge(model)               # W <- W + scale * B @ A   (merge twice: no-op)
+    pl.lora.unmerge(model)             # W <- W - scale * B @ A
+    pl.lora.unload(model)              # merged, plain model: the wrappers are gone
+
+The layers (nn.Linear, nn.Conv2d, nn.Embedding, transformers' Conv1D) are the math, in
+peftlab/lora/lora.py; this file is the surgery on a model; saving and the Hugging Face PEFT
+conversion are in peftlab/lora/format.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from peftlab.core.errors import TargetError
+from peftlab.core.heads import default_heads
+from peftlab.core.state import ensure_plain, mark, unmark
+from peftlab.core.targets import (
+    find_targets,
+    freeze,
+    replace_module,
+    resolve_modules_to_save,
+    unfreeze_modules,
+)
+from peftlab.lora.lora import (
+    SUPPORTED,
+    LoraConv2d,
+    LoraEmbedding,
+    LoraLayer,
+    LoraLinear,
+    lora_scale,
+    max_rank,
+)
+
+
+@dataclass
+class LoraConfig:
+    method = "lora"
+    r: int = 8                     # rank of the update: trainable numbers per layer = r*(d_in+d_out)
+    alpha: float = 16.0            # the update is scaled by alpha / r, so changing r keeps its size
+    dropout: float = 0.0           # dropout on the adapter's input only (regularises A and B)
+    # which modules get an adapter: suffixes ("query"), full names, "re:<regex>", "all-linear"
+    targets: list[str] = field(default_factory=lambda: ["query", "value"])
+    # whole modules trained as usual (and saved with the adapter), e.g. ["classifier"];
+    # None = the model's classification head if it has one (never tied LM output embeddings)
+    modules_to_save: list[str] | None = None
+    rslora: bool = False           # scale = alpha / sqrt(r): keeps updates from fading at high r
+
+    def __post_init__(self):
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+            raise ValueError(f"LoraConfig.r must be a positive int (the rank), got {self.r!r}.")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) \
+                or not math.isfinite(self.alpha) or self.alpha <= 0:
+            raise ValueError(f"LoraConfig.alpha must be a positive number (the update is scaled "
+                             f"by alpha / r), got {self.alpha!r}.")
+        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"LoraConfig.dropout must be in [0, 1), got {self.dropout!r}.")
+        if isinstance(self.targets, str):
+            self.targets = [self.targets]
+        if isinstance(self.modules_to_save, str):
+            self.modules_to_save = [self.modules_to_save]
+
+    @property
+    def scale(self) -> float:
+        return lora_scale(self.alpha, self.r, self.rslora)
+
+
+# --- planning: everything is validated here, before the model changes -------------------------
+
+def plan(model: nn.Module, config: LoraConfig) -> tuple[list[tuple[str, nn.Module, int]], list[str]]:
+    """([(target name, module, adapter parameters)], modules_to_save names) for `config`.
+
+    Changes nothing; raises TargetError for a target that matches nothing or a module LoRA
+    cannot wrap, and ValueError for a rank the layer cannot hold.
+    """
+    names = find_targets(model, config.targets, allowed=SUPPORTED, method="LoRA")
+    rows = []
+    for name in names:
+        module = model.get_submodule(name)
+        if isinstance(module, nn.Conv2d) and module.groups != 1:
+            raise TargetError(f"LoRA supports Conv2d with groups=1 only; {name} has groups="
+                              f"{module.groups}. Leave it out of the targets.")
+        limit = max_rank(module)
+        if config.r > limit:
+            raise ValueError(f"r={config.r} is larger than {name} ({type(module).__name__}) allows: "
+                             f"its update has rank at most {limit}. Use r <= {limit}, or "
+                             f"leave {name} out of the targets.")
+        rows.append((name, module, LoraLayer.count(module, config.r)))
+    heads = resolve_modules_to_save(model, names, config.modules_to_save, default_heads(model),
+                                    "a LoRA")
+    return rows, heads
+
+
+def count_parameters(model: nn.Module, config: LoraConfig,
+                     include_modules_to_save: bool = False) -> int:
+    """Parameters `config` would add to `model` (A and B of every target), without changing it.
+
+    With include_modules_to_save=True, also the parameters of modules_to_save: then it is the
+    number of trainable parameters apply() would leave, the same count HF PEFT reports.
+    """
+    rows, heads = plan(model, config)
+    n = sum(k for _, _, k in rows)
+    if include_modules_to_save:
+        n += sum(p.numel() for h in heads for p in model.get_submodule(h).parameters())
+    return n
+
+
+# --- apply / merge / unmerge / unload -------------------------------------------------------
+
+def _wrap(module: nn.Module, config: LoraConfig) -> LoraLayer:
+    kw = {"r": config.r, "alpha": config.alpha, "rslora": config.rslora}
+    if isinstance(module, nn.Embedding):
+        return LoraEmbedding(module, **kw)
+    if isinstance(module, nn.Conv2d):
+        return LoraConv2d(module, dropout=config.dropout, **kw)
+    return LoraLinear(module, dropout=config.dropout, **kw)
+
+
+def apply(model: nn.Module, config: LoraConfig | None = None) -> nn.Module:
+    """Wrap every target in a LoRA layer, freeze the base, train adapters + modules_to_save.
+
+    In place; returns the model. A bad config raises before anything changes.
+    """
+    config = config or LoraConfig()
+    if not isinstance(config, LoraConfig):
+        raise TypeError(f"pl.lora.apply needs a LoraConfig, got {type(config).__name__}.")
+    ensure_plain(model, "lora")
+    rows, heads = plan(model, config)
+    layers = {name: _wrap(module, config) for name, module, _ in rows}   # model untouched so far
+    freeze(model)
+    for name, layer in layers.items():
+        replace_module(model, name, layer)
+    unfreeze_modules(model, heads)
+    mark(model, "lora", dataclasses.replace(config, modules_to_save=heads), list(layers))
+    return model
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoraLayer]:
+    """{name: layer} of every LoRA layer in the model, in model order."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
+
+
+def _layers_or_raise(model: nn.Module, what: str) -> dict[str, LoraLayer]:
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError(f"Cannot {what}: the model has no LoRA layers (apply "
+                         f"pl.lora.apply(model, pl.lora.LoraConfig(...)) first).")
+    return layers
+
+
+def merge(model: nn.Module, unload: bool = False) -> nn.Module:
+    """W <- W + scale * B @ A in every LoRA layer (already merged layers are skipped).
+
+    unload=True also removes the wrappers: a plain model with the update baked in.
+    """
+    for layer in _layers_or_raise(model, "merge").values():
+        layer.merge()
+    return _unload(model) if unload else model
+
+
+def unmerge(model: nn.Module) -> nn.Module:
+    """W <- W - scale * B @ A in every merged LoRA layer (equal to the original to float tolerance)."""
+    for layer in _layers_or_raise(model, "unmerge").values():
+        layer.unmerge()
+    return model
+
+
+def unload(model: nn.Module, merge: bool = True) -> nn.Module:
+    """Replace each LoRA layer by its base layer; merge=True bakes the update in first,
+    merge=False throws the adapter away (the base model comes back). Returns a plain model."""
+    layers = _layers_or_raise(model, "unload")
+    for name, layer in layers.items():
+        layer.merge() if merge else layer.unmerge()
+        replace_module(model, name, layer.base_layer)
+    unmark(model)
+    return model
+
+
+# --- looking inside ------------------------------------------------------------------------------
+
+def delta_weight(layer: LoraLayer) -> torch.Tensor:
+    """scale * B @ A, detached, in the shape of the base layer's weight."""
+    if not isinstance(layer, LoraLayer):
+        raise TypeError(f"delta_weight needs a LoRA layer, got {type(layer).__name__}.")
+    with torch.no_grad():
+        return layer.delta_weight().detach()
+
+
+def spectrum(model: nn.Module) -> dict[str, torch.Tensor]:
+    """{layer name: the r largest singular values of its update scale * B @ A}, descending.
+
+    An update of rank r has at most r non-zero singular values; how fast they fall off shows
+    how much of the rank the task really used.
+    """
+    out = {}
+    for name, layer in _layers_or_raise(model, "compute a spectrum").items():
+        d = delta_weight(layer).float()
+        d = d.reshape(d.shape[0], -1)                 # conv: (out, in * kh * kw)
+        out[name] = torch.linalg.svdvals(d)[:layer.r]
+    return out
+
+
+_unload = unload   # merge(unload=True) has a parameter that hides the name

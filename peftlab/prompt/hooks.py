@@ -1,0 +1,87 @@
+"""How the prompt reaches a transformers model: three hooks that call peftlab/prompt/prompt.py.
+
+    1. a forward pre-hook on the model inserts P placeholder token ids at `start` (a non-pad
+       id, so GPT-2's classifier still finds the last real token) and extends attention_mask
+       (prompt_mask), token_type_ids, position_ids and token-level labels;
+    2. a forward hook on the input-embedding layer swaps the placeholders' embeddings for the
+       prompt Z (remove, then insert_prompt);
+    3. a forward hook on the model drops the P virtual positions from token-level logits, so
+       outputs line up with the caller's tokens (hidden states and attentions keep them).
+
+Placeholders rather than inputs_embeds keep every model feature that reads input_ids working.
+In cached generation the prompt is in the cache after the first step; later steps only extend
+the mask and shift position ids. A `pending` flag on the PromptEmbedding tells the embedding
+hook that this forward pass inserted placeholders (a cached step and a direct call of the
+embedding layer did not).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+from peftlab.prompt.prompt import PromptEmbedding, insert, insert_prompt, prompt_mask, remove
+
+
+def _cache_length(kw: dict) -> int:
+    cache = kw.get("cache", kw.get("past_key_values"))
+    return cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
+
+
+def before_model(pe: PromptEmbedding, model: nn.Module, args, kwargs):
+    """Forward pre-hook (with kwargs): make room for the prompt in every sequence input."""
+    kw = inspect.signature(model.forward).bind_partial(*args, **kwargs).arguments
+    kw.update(kw.pop("kwargs", {}))
+    P, s = pe.num_virtual_tokens, pe.start
+    ids, embeds, mask = kw.get("input_ids"), kw.get("inputs_embeds"), kw.get("attention_mask")
+    B, T = (ids if ids is not None else embeds).shape[:2]
+    if mask is not None and mask.ndim == 2:
+        kw["attention_mask"] = prompt_mask(mask, P, s)
+    pos = kw.get("position_ids")
+    if _cache_length(kw) > 0:           # a cached generation step: the prompt is in the cache
+        if pos is not None:
+            kw["position_ids"] = pos + P
+        pe.pending = False
+        return (), kw
+    if ids is not None:
+        kw["input_ids"] = insert(ids, s, torch.full((B, P), pe.placeholder, dtype=ids.dtype,
+                                                    device=ids.device))
+        pe.pending = True               # the embedding hook swaps in the prompt
+    else:
+        kw["inputs_embeds"] = insert_prompt(embeds, pe.weight, start=s)[0]
+    if kw.get("token_type_ids") is not None:
+        tt = kw["token_type_ids"]
+        kw["token_type_ids"] = insert(tt, s, torch.zeros(B, P, dtype=tt.dtype, device=tt.device))
+    if pos is not None:
+        prompt_pos = torch.arange(P, device=pos.device) + (pos[:, s - 1:s] + 1 if s else 0)
+        kw["position_ids"] = torch.cat([pos[:, :s], prompt_pos.expand(pos.shape[0], -1),
+                                        pos[:, s:] + P], dim=1)
+    labels = kw.get("labels")
+    if labels is not None and labels.ndim == 2 and labels.shape[1] == T:  # token-level labels
+        kw["labels"] = insert(labels, s, torch.full((B, P), -100, dtype=labels.dtype,
+                                                     device=labels.device))
+    pe.expected_len = T + P
+    return (), kw
+
+
+def after_embedding(pe: PromptEmbedding, emb: nn.Module, args, out):
+    """Forward hook of the input embeddings: placeholders' embeddings -> the prompt Z."""
+    if not pe.pending:
+        return out
+    pe.pending = False
+    s, P = pe.start, pe.num_virtual_tokens
+    return insert_prompt(remove(out, s, P), pe.weight, start=s)[0]
+
+
+def after_model(pe: PromptEmbedding, model: nn.Module, args, kwargs, out):
+    """Forward hook (with kwargs): drop the P virtual positions from token-level logits
+    (B, T + P, C) -> (B, T, C)."""
+    full, pe.expected_len = pe.expected_len, None
+    pe.pending = False
+    logits = getattr(out, "logits", None)
+    if full is None or logits is None or logits.ndim != 3 or logits.shape[1] != full:
+        return out
+    out.logits = remove(logits, pe.start, pe.num_virtual_tokens)
+    return out

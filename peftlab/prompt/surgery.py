@@ -1,0 +1,142 @@
+"""Prompt tuning (Lester et al., 2021): P trainable input embeddings joined to every input.
+
+    pl.prefix.apply(model, pl.prefix.PromptConfig(num_virtual_tokens=10))
+    pl.prefix.apply(model, pl.prefix.PromptConfig(10, init="text", init_text="good or bad"),
+                    tokenizer=tokenizer)
+
+The input-level sibling of prefix tuning: instead of keys and values in every layer, only the
+input sequence grows. With token embeddings X (B, T, E) and the trainable prompt Z (P, E):
+
+    encoder (BERT):     [x_cls ; Z ; x_1 .. x_T-1]   the prompt goes after [CLS], so the pooler,
+                                                     which reads position 0, still reads [CLS]
+    decoder (GPT-2):    [Z ; x_0 .. x_T-1]           the prompt comes first, as in the paper
+
+and the attention mask gets P ones at the same place (padding stays masked). Real tokens move P
+positions to the right (as in HF PEFT). Trainable: P * E parameters (+ the classifier head).
+
+The math (insert_prompt) is in peftlab/prompt/prompt.py, the hooks that call it in
+peftlab/prompt/hooks.py; this file is the surgery: apply, unload, attention_to_prompt; the
+Hugging Face PEFT format is in peftlab/prompt/format.py.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from peftlab.core.heads import default_heads
+from peftlab.core.hf import attn_implementation, check_num_virtual_tokens, check_supported
+from peftlab.core.state import ensure_plain, eval_mode, get_method, mark, unmark
+from peftlab.core.targets import find_targets, freeze, unfreeze_modules
+from peftlab.prompt.hooks import after_embedding, after_model, before_model
+from peftlab.prompt.prompt import PromptEmbedding
+
+
+@dataclass
+class PromptConfig:
+    method = "prompt"
+    num_virtual_tokens: int = 10     # P: prompt length; Lester et al. find 20-100 best on T5
+    init: str = "vocab"              # "vocab": embeddings of P random vocabulary tokens;
+    # "text": embeddings of init_text's tokens (cycled to P); "normal": N(0, 1) (HF "RANDOM")
+    init_text: str | None = None     # e.g. "Classify the sentiment:" (needs apply(..., tokenizer=))
+    position: str = "auto"           # "auto": after the first token for encoders (keeps [CLS]
+    # first for the pooler), at the start for decoders; or "start" / "after_first" explicitly
+    seed: int = 0                    # seeds the "vocab"/"normal" init (same seed, same prompt)
+    modules_to_save: list[str] | None = None  # extra modules to train; None: the classifier head
+
+    def __post_init__(self):
+        check_num_virtual_tokens(self.num_virtual_tokens, "PromptConfig")
+        if self.init not in ("vocab", "text", "normal"):
+            raise ValueError(f"PromptConfig.init must be 'vocab', 'text' or 'normal', got "
+                             f"{self.init!r}.")
+        if self.init == "text" and not self.init_text:
+            raise ValueError("PromptConfig(init='text') needs init_text='some words'.")
+        if self.position not in ("auto", "start", "after_first"):
+            raise ValueError(f"PromptConfig.position must be 'auto', 'start' or 'after_first', "
+                             f"got {self.position!r}.")
+
+
+def _is_causal(model: nn.Module) -> bool:
+    return any(getattr(m, "is_causal", False) for m in model.modules()) or \
+        bool(getattr(model.config, "is_decoder", False))
+
+
+def _init_weight(model, config: PromptConfig, tokenizer) -> torch.Tensor:
+    emb = model.get_input_embeddings().weight.detach()
+    P = config.num_virtual_tokens
+    g = torch.Generator().manual_seed(config.seed)
+    if config.init == "normal":
+        return torch.randn(P, emb.shape[1], generator=g).to(emb.device, emb.dtype)
+    if config.init == "vocab":
+        rows = torch.randint(0, min(emb.shape[0], 5000), (P,), generator=g)
+        return emb[rows.to(emb.device)].clone()
+    if tokenizer is None:
+        raise ValueError("PromptConfig(init='text') needs the tokenizer: "
+                         "pl.prefix.apply(model, config, tokenizer=tokenizer).")
+    ids = tokenizer(config.init_text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"init_text {config.init_text!r} gives no tokens.")
+    return emb[torch.tensor([ids[i % len(ids)] for i in range(P)], device=emb.device)].clone()
+
+
+def apply(model: nn.Module, config: PromptConfig, tokenizer=None) -> nn.Module:
+    """Freeze `model` and prepend a trainable prompt to its inputs; returns the model."""
+    ensure_plain(model, "prompt")
+    check_supported(model, "prompt tuning")
+    if hasattr(model, "prompt_encoder"):
+        raise ValueError(f"{type(model).__name__} already has an attribute 'prompt_encoder'.")
+    heads = default_heads(model) if config.modules_to_save is None \
+        else list(config.modules_to_save)
+    if heads:
+        find_targets(model, heads, method="modules_to_save")
+    weight = _init_weight(model, config, tokenizer)                # validates init_text
+    causal = _is_causal(model)
+    position = config.position if config.position != "auto" else \
+        ("start" if causal else "after_first")
+    pad = getattr(model.config, "pad_token_id", None)
+    placeholder = 1 if pad == 0 else 0
+    pe = PromptEmbedding(weight, 0 if position == "start" else 1, placeholder)
+    freeze(model)
+    model.add_module("prompt_encoder", pe)
+    emb = model.get_input_embeddings()
+    hooks = [model.register_forward_pre_hook(functools.partial(before_model, pe), with_kwargs=True),
+             emb.register_forward_hook(functools.partial(after_embedding, pe)),
+             model.register_forward_hook(functools.partial(after_model, pe), with_kwargs=True)]
+    unfreeze_modules(model, heads)
+    mark(model, "prompt", config, heads, hooks=hooks)
+    return model
+
+
+def unload(model: nn.Module) -> nn.Module:
+    """Take the prompt out: its hooks and the prompt_encoder go, and the model is the plain
+    base model again (modules_to_save keep what they learned). Returns the model."""
+    if get_method(model) != "prompt":
+        raise ValueError("unload() needs a model carrying a prompt (pl.prefix.apply with a "
+                         "PromptConfig).")
+    unmark(model)                          # removes the three hooks
+    del model.prompt_encoder
+    return model
+
+
+@torch.no_grad()
+def attention_to_prompt(model: nn.Module, tokenizer, text: str) -> dict:
+    """Like prefix.attention_to_prefix for a prompt-tuned model: (L, H, T, P) probabilities
+    from the real tokens to the P prompt positions (eager attention, output_attentions)."""
+    if get_method(model) != "prompt":
+        raise ValueError("attention_to_prompt needs a model with a PromptConfig applied.")
+    pe = model.prompt_encoder
+    s, P = pe.start, pe.weight.shape[0]
+    batch = tokenizer(text, return_tensors="pt").to(pe.weight.device)
+    with eval_mode(model), attn_implementation(model, "eager"):
+        out = model(**{k: v for k, v in batch.items()
+                       if k in ("input_ids", "attention_mask", "token_type_ids")},
+                    output_attentions=True)
+    att = torch.stack(out.attentions)[:, 0].float().cpu()              # (L, H, T+P, T+P)
+    real = [i for i in range(att.shape[-1]) if not s <= i < s + P]
+    att = att[:, :, real][..., s:s + P]                                 # (L, H, T, P)
+    return {"attention": att, "prefix_mass": att.sum(-1),
+            "tokens": tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist()),
+            "num_virtual_tokens": P}

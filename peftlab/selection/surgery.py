@@ -1,0 +1,200 @@
+"""Gradient-based parameter selection: train only the entries the gradient says matter.
+
+    batches = [b for b, _ in zip(loader, range(4))]         # a few batches to score on
+    pl.selection.apply(model, pl.selection.SelectionConfig(fraction=0.005), batches=batches)
+    pl.train.fit(model, ...)                                 # any optimizer, weight decay too
+    pl.save_adapter(model, "sel")                            # indices + values, nothing else
+
+Steps: (1) score every candidate weight with gradients over a few batches
+(selection/selection.py compute_scores: Fisher, |grad| or |w * grad|), (2) keep the top entries at
+a granularity (global FISH / per-row GPS / whole tensors), (3) train a compact delta.
+
+The delta, for a selected tensor W of shape S with k selected flat positions `indices`:
+
+    W_eff = W + scatter(values)        W frozen (S), indices buffer (k,) int64,
+                                       values Parameter (k,), initialised to 0
+
+registered with torch.nn.utils.parametrize, so every module (Linear, Embedding, LayerNorm,
+...) keeps working unchanged. The optimizer sees only `values`: its state (AdamW: two moments)
+and the saved adapter scale with k, and unselected entries stay bit-identical to the base
+under any optimizer, weight decay and momentum included. (A gradient mask on the dense
+weight is not enough: AdamW's decay and momentum would still move masked entries.) A tensor
+that is selected entirely (granularity="tensor", or the head) trains as itself, densely.
+
+Adapter tensors: "<param>.sparse_indices" / ".sparse_values" / ".sparse_shape" for sparse
+tensors, "<param>" for dense ones; load_adapter rebuilds the selection from them, no batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from peftlab.core.heads import default_heads
+from peftlab.core.state import ensure_plain, get_method, mark, unmark
+from peftlab.core.targets import find_targets
+from peftlab.selection.selection import (
+    GRANULARITIES,
+    KINDS,
+    SparseDelta,
+    candidate_names,
+    compute_scores,
+    make_masks,
+    resolve_count,
+)
+
+
+@dataclass
+class SelectionConfig:
+    method = "selection"
+    fraction: float | None = None   # budget as a share of ALL model parameters (None + no count: 0.005)
+    count: int | None = None        # or as an exact number of trainable entries (head included)
+    granularity: str = "global"     # "global" (FISH) | "row" (GPS, per output neuron) | "tensor"
+    score: str = "fisher"           # "fisher" (squared grads) | "grad" (|grad|) | "sensitivity" (|w*grad|)
+    targets: list[str] | None = None  # modules whose parameters may be chosen; None = all but the head
+    # modules trained fully (None = the detected output head, [] = none); they count toward
+    # the budget, the rest of it goes to the best-scored entries
+    modules_to_save: list[str] | None = None
+    per_example: bool = True        # Fisher from per-example gradients (exact, slower) or per batch
+    max_batches: int | None = None  # use at most this many score batches (None = all given)
+    seed: int = 0                   # seeds dropout while scoring, so the masks are reproducible
+
+    def __post_init__(self):
+        if self.fraction is None and self.count is None:
+            self.fraction = 0.005
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"SelectionConfig.granularity must be one of {GRANULARITIES}, "
+                             f"got {self.granularity!r}.")
+        if self.score not in KINDS:
+            raise ValueError(f"SelectionConfig.score must be one of {KINDS}, got {self.score!r}.")
+        if self.targets is not None and isinstance(self.targets, str):
+            self.targets = [self.targets]
+        resolve_count(10 ** 18, self.fraction, self.count)   # range checks only
+
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    mod, _, attr = name.rpartition(".")
+    return (model.get_submodule(mod) if mod else model), attr
+
+
+def _install(model: nn.Module, masks: dict[str, torch.Tensor], dense: list[str]) -> None:
+    """Freeze everything; make `dense` params trainable; attach a SparseDelta per partial mask."""
+    params = dict(model.named_parameters())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for n in dense:
+        params[n].requires_grad_(True)
+    all_names = list(model.named_parameters(remove_duplicate=False))
+    for n, m in masks.items():
+        p = params[n]
+        delta = SparseDelta(p.shape, m.reshape(-1).nonzero().flatten(), p.dtype, p.device)
+        # every module that holds this Parameter (tied weights) gets the same delta
+        for other in [o for o, q in all_names if q is p]:
+            owner, attr = _owner(model, other)
+            parametrize.register_parametrization(owner, attr, delta, unsafe=True)
+            owner.parametrizations[attr].original.requires_grad_(False)
+
+
+def sparse_layers(model: nn.Module) -> dict[str, SparseDelta]:
+    """{parameter name (as in the plain model): its SparseDelta}."""
+    out, seen = {}, set()
+    for mname, mod in model.named_modules():
+        if parametrize.is_parametrized(mod):
+            for attr, plist in mod.parametrizations.items():
+                for d in plist:
+                    if isinstance(d, SparseDelta) and id(d) not in seen:   # tied: first name
+                        seen.add(id(d))
+                        out[f"{mname}.{attr}" if mname else attr] = d
+    return out
+
+
+def _dense_names(model: nn.Module) -> list[str]:
+    return [n for n, p in model.named_parameters()
+            if p.requires_grad and ".parametrizations." not in n]
+
+
+def apply(model: nn.Module, config: SelectionConfig | None = None, *, batches=None,
+          loss_fn=None, scores: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """Score, select and attach sparse deltas; returns the model (changed in place).
+
+    batches: iterable of batches for loss_fn(model, batch) (default pl.train.loss_fn, the
+    cross-entropy of peftlab/core/batches.py); or pass
+    precomputed `scores` from compute_scores. Everything is validated before the model changes.
+    """
+    config = config or SelectionConfig()
+    ensure_plain(model, "selection")
+    heads = default_heads(model) if config.modules_to_save is None else list(config.modules_to_save)
+    if heads:
+        find_targets(model, heads, method="modules_to_save")
+    head_params = candidate_names(model, heads) if heads else []
+    total = sum(p.numel() for p in model.parameters())
+    budget = resolve_count(total, config.fraction, config.count)
+    named = dict(model.named_parameters())
+    n_head = sum(named[n].numel() for n in head_params)
+    if budget <= n_head:
+        raise ValueError(f"The budget ({budget:,} entries) does not exceed the head's "
+                         f"{n_head:,} parameters ({', '.join(heads)}), which always train: raise "
+                         f"fraction/count, or pass modules_to_save=[] to select the head too.")
+    cands = candidate_names(model, config.targets, exclude=heads)
+    if scores is None:
+        if batches is None:
+            raise ValueError("selection.apply needs batches= (a few training batches to score "
+                             "on) or scores= from selection.compute_scores.")
+        scores = compute_scores(model, batches, loss_fn, kind=config.score,
+                                targets=config.targets, per_example=config.per_example,
+                                max_batches=config.max_batches, seed=config.seed)
+    missing = [n for n in cands if n not in scores]
+    if missing:
+        raise ValueError(f"scores= lacks {len(missing)} candidate parameters, e.g. {missing[0]}; "
+                         f"compute them with the same targets as the config.")
+    k = budget - n_head
+    n_cand = sum(named[n].numel() for n in cands)
+    if k > n_cand:
+        raise ValueError(f"The budget leaves {k:,} entries to select but the targets hold only "
+                         f"{n_cand:,}; lower fraction/count or widen targets.")
+    masks = make_masks({n: scores[n] for n in cands}, count=k, granularity=config.granularity)
+    full = [n for n, m in masks.items() if bool(m.all())]
+    partial = {n: m for n, m in masks.items() if m.any() and not m.all()}
+    _install(model, partial, head_params + full)
+    resolved = find_targets(model, config.targets) if config.targets else []
+    mark(model, "selection", config, resolved)
+    return model
+
+
+def masks_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """{parameter name: bool mask of the trainable entries} for a model carrying a selection."""
+    out = {}
+    for n, d in sparse_layers(model).items():
+        m = torch.zeros(d.shape, dtype=torch.bool, device=d.indices.device)
+        m.view(-1)[d.indices] = True
+        out[n] = m
+    for n in _dense_names(model):
+        out[n] = torch.ones_like(dict(model.named_parameters())[n], dtype=torch.bool)
+    return out
+
+
+@torch.no_grad()
+def merge(model: nn.Module) -> nn.Module:
+    """Fold every delta into its weight (W <- W + scatter(values)) and drop the parametrizations.
+    The model becomes a plain model again (frozen, no method mark): export it with
+    save_pretrained; save the adapter *before* merging if you want the small file."""
+    if get_method(model) != "selection":
+        raise ValueError("merge() needs a model carrying a peftlab selection "
+                         f"(this one carries {get_method(model)!r}).")
+    done = set()
+    for mname, mod in list(model.named_modules()):
+        for attr in list(getattr(mod, "parametrizations", {}) or {}):
+            d = next(x for x in mod.parametrizations[attr] if isinstance(x, SparseDelta))
+            # copy.deepcopy shares parametrize's per-module class between copies, and removal
+            # edits that class: give this module its own so a copy's merge can't break another
+            cls = type(mod)
+            mod.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+            # a tied weight is folded once; its other owners just get the (merged) original back
+            parametrize.remove_parametrizations(mod, attr, leave_parametrized=id(d) not in done)
+            done.add(id(d))
+            getattr(mod, attr).requires_grad_(False)
+    unmark(model)
+    return model

@@ -1,0 +1,316 @@
+"""fit(): the one training loop every method uses.
+
+It is the plain PyTorch loop, written once, with the chores done:
+
+    for batch in train:
+        loss = loss_fn(model, batch) + pl.regularization(model)   # AdaLoRA's penalty, else 0
+        loss.backward()
+        clip_grad_norm_(trainable, max_grad_norm)
+        optimizer.step(); scheduler.step()
+        pl.after_step(model, step)     # AdaLoRA scores importance and re-allocates ranks
+        optimizer.zero_grad()
+
+plus device placement, seeding, a tqdm progress bar, evaluation per epoch, optional mixed
+precision on GPU, callbacks (what the TrainingMonitor widget listens to), measurement
+(peftlab/measure.py) and multi-process data parallelism under torchrun.
+No method gets a private code path: a hand-written loop with the same calls trains the same.
+
+Batches: a dict of tensors with a "labels" entry (text; the model returns logits or an
+object with .logits), or a tuple (inputs, labels) (vision). A TextSplit from pl.data plus
+`tokenizer=` is turned into a DataLoader for you.
+
+More than one process (torchrun)
+--------------------------------
+Launched as `torchrun --nproc_per_node=N my_script.py`, fit() finds WORLD_SIZE > 1 in the
+environment, joins the process group (gloo on CPU, nccl on CUDA, one GPU per process) and
+wraps the model in DistributedDataParallel. `batch_size` stays the *global* batch: every
+process reads the same batches in the same order and computes the loss on its 1/N slice of
+each; DDP averages the gradients, weighted so the result is the gradient of the whole
+batch's mean loss. So N processes take exactly the steps one process would take (up to
+float rounding and dropout randomness), only faster. Only trainable parameters are
+synchronised, so an adapter run sends adapter-sized gradients. Save from one process:
+
+    result = pl.train.fit(model, ds.train, ds.validation, tokenizer=tok)
+    if pl.train.is_main_process():
+        pl.save_adapter(model, "adapter")
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from peftlab import measure
+from peftlab.core.batches import loss_fn, to_device
+from peftlab.core.registry import after_step, regularization
+from peftlab.runtime import get_device, seed_everything
+from peftlab.train.batches import as_loader, evaluate
+from peftlab.train.distributed import init_distributed, shard, world
+
+# --- state passed to callbacks -------------------------------------------------------------
+
+@dataclass
+class FitState:
+    """What callbacks see. on_train_begin / on_step_end / on_epoch_end / on_train_end(state);
+    inside on_step_end the step's gradients are still on the parameters."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    epoch: int = 0                # 0-based epoch in progress; in on_epoch_end: epochs completed
+    step: int = 0                 # optimizer steps done so far (1-based inside on_step_end)
+    total_steps: int = 0
+    loss: float = float("nan")
+    lr: float = 0.0
+    step_time: float = 0.0
+    eval_metrics: dict = field(default_factory=dict)
+
+
+@dataclass
+class FitResult:
+    history: list[dict]           # one row per step: step, epoch, loss, lr, time
+    evals: list[dict]             # one row per epoch: epoch, step, loss, accuracy, n
+    trainable: int                # trainable parameters (each tensor once)
+    total: int                    # all parameters
+    step_time: float              # median seconds per training step after warm-up
+    train_time: float             # wall seconds of the whole loop (evaluation included)
+    memory: dict                  # bytes: weights, gradients, optimizer, total (= those three),
+                                  # activations, peak, peak_kind, rss_peak (+ cuda_peak on GPU)
+    device: str
+    world_size: int = 1           # processes that trained together (torchrun)
+
+    @property
+    def final(self) -> dict:
+        return self.evals[-1] if self.evals else {}
+
+    def __repr__(self) -> str:
+        acc = self.final.get("accuracy")
+        acc_s = f"{acc:.4f}" if acc is not None else "-"
+        return (f"FitResult(steps={len(self.history)}, eval_accuracy={acc_s}, "
+                f"trainable={self.trainable:,}/{self.total:,}, "
+                f"step_time={self.step_time * 1000:.0f} ms, "
+                f"peak_memory={measure.human_bytes(self.memory.get('peak'))})")
+
+
+def _call(callbacks, hook: str, state: FitState) -> None:
+    for cb in callbacks:
+        fn = getattr(cb, hook, None)
+        if fn is not None:
+            fn(state)
+        elif hook == "on_step_end" and callable(cb):
+            cb(state)
+
+
+def _schedule(name: str, total: int, warmup: int) -> Callable[[int], float]:
+    """LR multiplier per step: linear warm-up, then constant / linear decay / cosine decay."""
+    if name == "constant":
+        return lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+    if name == "linear":
+        return lambda s: ((s + 1) / warmup if s < warmup
+                          else max(0.0, (total - s) / max(1, total - warmup)))
+    if name == "cosine":
+        return lambda s: ((s + 1) / warmup if s < warmup else
+                          0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
+    raise ValueError(f"Unknown lr schedule {name!r}: use 'linear', 'cosine' or 'constant'.")
+
+
+def _make_optimizer(optimizer, params, lr, weight_decay):
+    if not isinstance(optimizer, str):
+        return optimizer(params)
+    if optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    raise ValueError(f"Unknown optimizer {optimizer!r}: 'adamw', 'sgd' or a callable.")
+
+
+# --- the loop ------------------------------------------------------------------------------
+
+@dataclass
+class _Run:
+    """Everything one fit() call sets up: the pieces the step function works with."""
+
+    model: nn.Module
+    net: nn.Module                 # the model, or its DistributedDataParallel wrapper
+    params: list
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    loss: Callable
+    device: torch.device
+    amp_dtype: torch.dtype
+    use_amp: bool
+    max_grad_norm: float | None
+    rank: int = 0
+    world_size: int = 1
+
+
+def _check_args(epochs, max_steps, lr, batch_size, schedule) -> None:
+    if not (isinstance(epochs, (int, float)) and epochs > 0):
+        raise ValueError(f"epochs must be > 0, got {epochs!r}")
+    if max_steps is not None and max_steps <= 0:
+        raise ValueError(f"max_steps must be > 0, got {max_steps!r}")
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    _schedule(schedule, 1, 0)  # validates the name before anything changes
+
+
+def _train_step(run: _Run, batch, step: int) -> tuple[torch.Tensor, int]:
+    """One optimizer step: forward, loss (+ regularization), backward, clip, step,
+    after_step. Returns (the batch's task loss, activation bytes counted on step 0 or 0)."""
+    model, opt = run.model, run.optimizer
+    batch = to_device(batch, run.device)
+    weight = 1.0
+    if run.world_size > 1:
+        batch, weight = shard(batch, run.rank, run.world_size)
+    activations = 0
+    # the first step also counts the activations autograd keeps for backward
+    meter = measure.SavedTensorMeter(model) if step == 0 else None
+    with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.use_amp):
+        if meter is not None:
+            with meter:
+                task_loss = run.loss(run.net, batch)
+            activations = meter.bytes
+        else:
+            task_loss = run.loss(run.net, batch)
+        loss_val = task_loss * weight + regularization(model)
+    run.scaler.scale(loss_val).backward()
+    if run.max_grad_norm:
+        run.scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(run.params, run.max_grad_norm)
+    run.scaler.step(opt)
+    run.scaler.update()
+    run.scheduler.step()
+    after_step(model, step)   # step: 0-based index of the step just taken
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    shown = task_loss.detach().float()
+    if run.world_size > 1:    # the whole batch's mean loss, the same on every process
+        shown = shown * weight / run.world_size
+        torch.distributed.all_reduce(shown)
+    return shown, activations
+
+
+def _memory(run: _Run, activations: int) -> dict:
+    memory = measure.training_state_bytes(run.model, run.optimizer)
+    memory["activations"] = activations
+    memory["rss_peak"] = measure.peak_rss_bytes()
+    if run.device.type == "cuda":
+        memory["cuda_peak"] = memory["peak"] = measure.peak_memory_bytes(run.device)
+        memory["peak_kind"] = "CUDA allocator peak (torch.cuda.max_memory_allocated)"
+    else:
+        memory["peak"] = memory["total"] + activations
+        memory["peak_kind"] = ("weights + gradients + optimizer state + activations saved for "
+                               "backward (exact count, see peftlab.measure)")
+    return memory
+
+
+def fit(model: nn.Module, train, eval=None, *, epochs: float = 1, lr: float = 1e-3,
+        batch_size: int = 32, tokenizer=None, max_length: int = 32,
+        optimizer: str | Callable = "adamw", weight_decay: float = 0.0,
+        max_grad_norm: float | None = 1.0, schedule: str = "linear", warmup: float = 0.06,
+        max_steps: int | None = None, device=None, seed: int = 0, amp: bool = False,
+        loss: Callable | None = None, callbacks: Iterable = (), progress: bool = True,
+        eval_every_epoch: bool = True) -> FitResult:
+    """Train the model's trainable parameters on `train`; evaluate on `eval` each epoch.
+
+    train / eval: DataLoaders (or any re-iterable of batches), or pl.data TextSplits with
+    `tokenizer=` (batch_size, max_length apply). epochs may be fractional; max_steps caps the
+    total. optimizer: "adamw", "sgd", or a callable params -> optimizer. warmup: fraction of
+    steps (a float) or a step count (an int). schedule: "linear", "cosine" or "constant".
+    loss: loss(model, batch) -> scalar; default cross-entropy (train.loss_fn).
+    amp: mixed precision on CUDA (bf16 autocast where supported, else fp16 with loss
+    scaling); ignored on CPU/MPS. callbacks: objects with any of on_train_begin,
+    on_step_end, on_epoch_end, on_train_end(state), or plain callables (called per step).
+    seed: seeds Python, NumPy and torch's generators and the shuffling; fit switches no other
+    global setting (for deterministic kernels call pl.runtime.seed_everything yourself).
+    Under torchrun, trains data-parallel (see the module docstring).
+    """
+    _check_args(epochs, max_steps, lr, batch_size, schedule)
+    device = get_device(device)
+    world_size, rank, _ = world()
+    if world_size > 1:
+        device = init_distributed(device)
+        progress = progress and rank == 0
+    seed_everything(seed, deterministic=False)
+    train = as_loader(train, tokenizer, batch_size, True, seed, max_length, "train")
+    eval = as_loader(eval, tokenizer, batch_size * 2, False, seed, max_length, "eval")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("The model has no trainable parameters: apply a method first "
+                         "(e.g. pl.lora.apply) or pl.full.apply(model, pl.full.FullConfig()).")
+    model.to(device)
+    net = model
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    opt = _make_optimizer(optimizer, params, lr, weight_decay)
+    total = math.ceil(len(train) * epochs)
+    total = min(total, max_steps) if max_steps else total
+    n_warm = int(warmup * total) if isinstance(warmup, float) else int(warmup)
+    use_amp = amp and device.type == "cuda"
+    amp_dtype = (torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported()
+                 else torch.float16)
+    run = _Run(model=model, net=net, params=params, optimizer=opt,
+               scheduler=torch.optim.lr_scheduler.LambdaLR(opt, _schedule(schedule, total,
+                                                                          n_warm)),
+               scaler=torch.amp.GradScaler("cuda", enabled=use_amp
+                                           and amp_dtype == torch.float16),
+               loss=loss or loss_fn, device=device, amp_dtype=amp_dtype, use_amp=use_amp,
+               max_grad_norm=max_grad_norm, rank=rank, world_size=world_size)
+    callbacks = list(callbacks)
+    state = FitState(model=model, optimizer=opt, total_steps=total)
+    history, evals, times = [], [], []
+    activations = 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    measure.reset_peak_rss()
+
+    from tqdm.auto import tqdm
+    bar = tqdm(total=total, desc="training", disable=not progress, leave=False)
+    t_start = time.perf_counter()
+    model.train()
+    _call(callbacks, "on_train_begin", state)
+    step, epoch = 0, 0
+    while step < total:
+        for batch in train:
+            t0 = time.perf_counter()
+            shown, counted = _train_step(run, batch, step)
+            activations = counted if step == 0 else activations
+            dt = time.perf_counter() - t0
+            step += 1
+            state.step, state.epoch, state.loss = step, epoch, shown.item()
+            state.lr, state.step_time = opt.param_groups[0]["lr"], dt
+            _call(callbacks, "on_step_end", state)   # grads still there for the monitor
+            opt.zero_grad(set_to_none=True)
+            times.append(dt)
+            history.append({"step": step, "epoch": epoch, "loss": state.loss,
+                            "lr": state.lr, "time": dt})
+            bar.update(1)
+            bar.set_postfix(loss=f"{state.loss:.4f}")
+            if step >= total:
+                break
+        epoch += 1
+        state.epoch = epoch   # epochs completed, as in the evals rows
+        if eval is not None and (eval_every_epoch or step >= total):
+            metrics = evaluate(model, eval, device)
+            evals.append({"epoch": epoch, "step": step, **metrics})
+            state.eval_metrics = metrics
+            if progress:
+                bar.write(f"epoch {epoch}: eval loss {metrics['loss']:.4f}, "
+                          f"accuracy {metrics['accuracy']:.4f}")
+        _call(callbacks, "on_epoch_end", state)
+    bar.close()
+    _call(callbacks, "on_train_end", state)
+    trainable, n_total = measure.count_parameters(model)
+    return FitResult(history=history, evals=evals, trainable=trainable, total=n_total,
+                     step_time=measure.median_step_time(times),
+                     train_time=time.perf_counter() - t_start,
+                     memory=_memory(run, activations), device=str(device),
+                     world_size=world_size)
