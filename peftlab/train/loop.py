@@ -11,8 +11,9 @@ It is the plain PyTorch loop, written once, with the chores done:
         optimizer.zero_grad()
 
 plus device placement, seeding, a tqdm progress bar, evaluation per epoch, optional mixed
-precision on GPU, callbacks (what the TrainingMonitor widget listens to), measurement
-(peftlab/measure.py) and multi-process data parallelism under torchrun.
+precision (train/precision.py: bf16 on CPUs that have it, bf16/fp16 on GPU), callbacks (what
+the TrainingMonitor widget listens to), measurement (peftlab/measure.py) and multi-process data
+parallelism under torchrun.
 No method gets a private code path: a hand-written loop with the same calls trains the same.
 
 Batches: a dict of tensors with a "labels" entry (text; the model returns logits or an
@@ -51,6 +52,7 @@ from peftlab.core.registry import after_step, regularization
 from peftlab.runtime import get_device, seed_everything
 from peftlab.train.batches import as_loader, evaluate
 from peftlab.train.distributed import init_distributed, shard, world
+from peftlab.train.precision import Precision, announce, resolve_precision
 
 # --- state passed to callbacks -------------------------------------------------------------
 
@@ -82,6 +84,7 @@ class FitResult:
                                   # activations, peak, peak_kind, rss_peak (+ cuda_peak on GPU)
     device: str
     world_size: int = 1           # processes that trained together (torchrun)
+    precision: str = "fp32"       # what the forward pass ran in: fp32, bf16 or fp16
 
     @property
     def final(self) -> dict:
@@ -142,8 +145,7 @@ class _Run:
     scaler: torch.amp.GradScaler
     loss: Callable
     device: torch.device
-    amp_dtype: torch.dtype
-    use_amp: bool
+    precision: Precision
     max_grad_norm: float | None
     rank: int = 0
     world_size: int = 1
@@ -172,7 +174,7 @@ def _train_step(run: _Run, batch, step: int) -> tuple[torch.Tensor, int]:
     activations = 0
     # the first step also counts the activations autograd keeps for backward
     meter = measure.SavedTensorMeter(model) if step == 0 else None
-    with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.use_amp):
+    with run.precision.autocast(run.device):     # the loss itself is computed in float32
         if meter is not None:
             with meter:
                 task_loss = run.loss(run.net, batch)
@@ -216,8 +218,8 @@ def fit(model: nn.Module, train, eval=None, *, epochs: float = 1, lr: float = 1e
         optimizer: str | Callable = "adamw", weight_decay: float = 0.0,
         max_grad_norm: float | None = 1.0, schedule: str = "linear", warmup: float = 0.06,
         max_steps: int | None = None, device=None, seed: int = 0, amp: bool = False,
-        loss: Callable | None = None, callbacks: Iterable = (), progress: bool = True,
-        eval_every_epoch: bool = True) -> FitResult:
+        precision: str = "fp32", loss: Callable | None = None, callbacks: Iterable = (),
+        progress: bool = True, eval_every_epoch: bool = True) -> FitResult:
     """Train the model's trainable parameters on `train`; evaluate on `eval` each epoch.
 
     train / eval: DataLoaders (or any re-iterable of batches), or pl.data TextSplits with
@@ -225,8 +227,9 @@ def fit(model: nn.Module, train, eval=None, *, epochs: float = 1, lr: float = 1e
     total. optimizer: "adamw", "sgd", or a callable params -> optimizer. warmup: fraction of
     steps (a float) or a step count (an int). schedule: "linear", "cosine" or "constant".
     loss: loss(model, batch) -> scalar; default cross-entropy (train.loss_fn).
-    amp: mixed precision on CUDA (bf16 autocast where supported, else fp16 with loss
-    scaling); ignored on CPU/MPS. callbacks: objects with any of on_train_begin,
+    precision: "fp32" (default), "bf16", "fp16" (CUDA) or "auto" (see train/precision.py:
+    bf16 autocast where the hardware has it; master weights, adapters, optimizer state and
+    the loss stay float32); amp=True is a synonym of "auto". callbacks: objects with any of on_train_begin,
     on_step_end, on_epoch_end, on_train_end(state), or plain callables (called per step).
     seed: seeds Python, NumPy and torch's generators and the shuffling; fit switches no other
     global setting (for deterministic kernels call pl.runtime.seed_everything yourself).
@@ -238,6 +241,8 @@ def fit(model: nn.Module, train, eval=None, *, epochs: float = 1, lr: float = 1e
     if world_size > 1:
         device = init_distributed(device)
         progress = progress and rank == 0
+    prec = resolve_precision(precision, device, amp)        # validates before any change
+    announce(prec)
     seed_everything(seed, deterministic=False)
     train = as_loader(train, tokenizer, batch_size, True, seed, max_length, "train")
     eval = as_loader(eval, tokenizer, batch_size * 2, False, seed, max_length, "eval")
@@ -254,15 +259,11 @@ def fit(model: nn.Module, train, eval=None, *, epochs: float = 1, lr: float = 1e
     total = math.ceil(len(train) * epochs)
     total = min(total, max_steps) if max_steps else total
     n_warm = int(warmup * total) if isinstance(warmup, float) else int(warmup)
-    use_amp = amp and device.type == "cuda"
-    amp_dtype = (torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported()
-                 else torch.float16)
     run = _Run(model=model, net=net, params=params, optimizer=opt,
                scheduler=torch.optim.lr_scheduler.LambdaLR(opt, _schedule(schedule, total,
                                                                           n_warm)),
-               scaler=torch.amp.GradScaler("cuda", enabled=use_amp
-                                           and amp_dtype == torch.float16),
-               loss=loss or loss_fn, device=device, amp_dtype=amp_dtype, use_amp=use_amp,
+               scaler=torch.amp.GradScaler("cuda", enabled=prec.scaler),
+               loss=loss or loss_fn, device=device, precision=prec,
                max_grad_norm=max_grad_norm, rank=rank, world_size=world_size)
     callbacks = list(callbacks)
     state = FitState(model=model, optimizer=opt, total_steps=total)
@@ -313,4 +314,4 @@ def fit(model: nn.Module, train, eval=None, *, epochs: float = 1, lr: float = 1e
                      step_time=measure.median_step_time(times),
                      train_time=time.perf_counter() - t_start,
                      memory=_memory(run, activations), device=str(device),
-                     world_size=world_size)
+                     world_size=world_size, precision=prec.name)
