@@ -1,5 +1,6 @@
-"""Every checker passes its solution and rejects a deliberately wrong answer, in words."""
+"""Every checker passes its solution and rejects deliberately wrong answers, in words."""
 
+import re
 import sys
 from pathlib import Path
 
@@ -11,23 +12,66 @@ from peftlab import exercises
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "notebooks" / "solutions"))
 import exercise_solutions as sol  # noqa: E402
 
+
+def _per_batch_fisher(model, batches, loss_fn, name):
+    p = dict(model.named_parameters())[name]
+    gs = [torch.autograd.grad(loss_fn(model, b), [p])[0] for b in batches]
+    return sum(g ** 2 for g in gs) / len(gs)
+
+
+def _summed_fisher(model, batches, loss_fn, name):
+    n = sum(len(y) for _, y in batches)
+    return sol.fisher_score(model, batches, loss_fn, name) * n
+
+
+def _training_step(model, batches, loss_fn, name):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn(model, batches[0]).backward()
+    opt.step()
+    return sol.fisher_score(model, batches, loss_fn, name)
+
+
+def _unscaled_conv(A, B, scale):
+    return sol.conv_lora_delta(A, B, 1.0)
+
+
+def _matrix_view(A, B, scale):
+    return scale * B[:, :, 0, 0] @ A.reshape(A.shape[0], -1)
+
+
+# checker -> [(wrong function, words the message must contain), ...]
 WRONG = {
-    "check_lora_forward": (lambda x, W, b, A, B, alpha, r: x @ W.T + b + x @ A.T @ B.T,
-                           "not scaled"),
-    "check_lora_merge": (lambda W, A, B, alpha, r: (W + (alpha / r) * B @ A).T, "transposed"),
-    "check_lora_count": (lambda d_in, d_out, r: d_in * d_out, "full matrix"),
-    "check_prefix_attention": (
+    "check_lora_forward": [(lambda x, W, b, A, B, alpha, r: x @ W.T + b + x @ A.T @ B.T,
+                            "not scaled"),
+                           (lambda x, W, b, A, B, alpha, r: x @ W.T + b, "missing")],
+    "check_lora_merge": [(lambda W, A, B, alpha, r: (W + (alpha / r) * B @ A).T, "transposed")],
+    "check_lora_count": [(lambda d_in, d_out, r: d_in * d_out, "full matrix"),
+                         (lambda d_in, d_out, r: d_in * r, "only one")],
+    "check_prefix_attention": [(
         lambda q, k, v, pk, pv, mask: torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask.bool()[:, None, None, :]), "without the prefix"),
-    "check_topk_mask": (lambda s, k: sol.topk_mask(-s, k), "smallest"),
-    "check_row_mask": (lambda s, k: sol.row_mask(s.T, k).T if s.shape[0] >= k else None,
-                       "rows keep|ranked along columns|shaped"),
-    "check_budget": (lambda step, b0, bT, t0, tf, T: b0 - (b0 - bT) * step / T, "at step"),
+            q, k, v, attn_mask=mask.bool()[:, None, None, :]), "without the prefix")],
+    "check_topk_mask": [(lambda s, k: sol.topk_mask(-s, k), "smallest")],
+    "check_row_mask": [(lambda s, k: sol.row_mask(s.T, k).T if s.shape[0] >= k else None,
+                        "rows keep|ranked along columns|shaped")],
+    "check_fisher_score": [(_per_batch_fisher, "per-batch estimator"),
+                           (_summed_fisher, "summed over the 10 examples"),
+                           (_training_step, "changed the model's weights")],
+    "check_budget": [(lambda step, b0, bT, t0, tf, T: b0 - (b0 - bT) * step / T, "at step")],
+    "check_triplet_scores": [
+        (lambda m: m.ipt_lambda * m.unc_lambda + (m.ipt_P * m.unc_P).sum(0)
+         + (m.ipt_Q * m.unc_Q).sum(1), "summed s\\(P\\)"),
+        (lambda m: m.ipt_lambda + m.ipt_P.mean(0) + m.ipt_Q.mean(1), "uncertainty"),
+        (lambda m: m.ipt_lambda * m.unc_lambda, "Only lambda")],
+    "check_conv_lora_delta": [(_unscaled_conv, "not scaled"), (_matrix_view, "matrix view"),
+                              (lambda A, B, s: sol.conv_lora_delta(A, B, s).transpose(0, 1),
+                               "expected shape")],
 }
 
 
 def test_every_checker_has_a_solution_and_a_wrong_answer():
     assert set(exercises.CHECKERS) == set(sol.SOLUTIONS) == set(WRONG)
+    for name in exercises.CHECKERS:
+        assert getattr(exercises, name) is exercises.CHECKERS[name]     # importable by name
 
 
 @pytest.mark.parametrize("name", sorted(exercises.CHECKERS))
@@ -37,16 +81,44 @@ def test_checker_accepts_solution(name, capsys):
     assert "PASS" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", sorted(exercises.CHECKERS))
-def test_checker_rejects_wrong_answer_in_words(name):
-    wrong, words = WRONG[name]
+@pytest.mark.parametrize("name,case", [(n, i) for n in sorted(WRONG) for i in range(len(WRONG[n]))])
+def test_checker_rejects_wrong_answer_in_words(name, case):
+    wrong, words = WRONG[name][case]
     result = exercises.CHECKERS[name](wrong, quiet=True)
     assert not result.passed
-    assert __import__("re").search(words, result.message), result.message
+    assert "NOT YET" in str(result)
+    assert re.search(words, result.message), result.message
 
 
 def test_checker_reports_an_exception():
     def broken(*args):
         raise KeyError("oops")
-    result = exercises.check_lora_forward(broken, quiet=True)
-    assert not result.passed and "KeyError" in result.message
+    for checker in exercises.CHECKERS.values():
+        result = checker(broken, quiet=True)
+        assert not result.passed and "KeyError" in result.message
+
+
+def test_fisher_checker_agrees_with_autograd_by_hand():
+    """The reference itself: compute_scores' per-example Fisher equals a loop of autograd calls."""
+    from peftlab.exercises.selection import _fisher_case, _loss
+    from peftlab.selection import compute_scores
+
+    model, batches = _fisher_case()
+    want = sol.fisher_score(model, batches, _loss, "0.weight")
+    got = compute_scores(model, batches, loss_fn=_loss, kind="fisher")["0.weight"]
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-9)
+
+
+def test_conv_delta_reference_is_the_kernel_of_the_lora_layer():
+    """delta_weight, folded into a plain conv, reproduces the LoRA conv's output."""
+    from peftlab.lora import LoraConv2d
+
+    torch.manual_seed(0)
+    layer = LoraConv2d(torch.nn.Conv2d(3, 4, 3, padding=1), r=2, alpha=4.0)
+    torch.nn.init.normal_(layer.lora_B.weight)
+    x = torch.randn(1, 3, 5, 5)
+    base = layer.base_layer
+    with torch.no_grad():
+        merged = torch.nn.functional.conv2d(x, base.weight + layer.delta_weight(), base.bias,
+                                            padding=1)
+        assert torch.allclose(merged, layer(x), atol=1e-5)

@@ -1,4 +1,5 @@
-"""Solutions to the course exercises checked by peftlab.exercises.
+"""Solutions to the course exercises checked by peftlab.exercises (the code answers; the
+written answers to every other exercise are in the NN_*.md files next to this one).
 
 Instructors: this folder is the answer key. Remove notebooks/solutions/ before handing the
 course out if you want learners to work without it; tests/test_exercises.py runs every
@@ -47,6 +48,17 @@ def row_mask(scores, k):
     return mask
 
 
+def fisher_score(model, batches, loss_fn, name):
+    p = dict(model.named_parameters())[name]
+    total, n = torch.zeros_like(p), 0
+    for x, y in batches:
+        for i in range(len(y)):                                   # one example at a time
+            (g,) = torch.autograd.grad(loss_fn(model, (x[i:i + 1], y[i:i + 1])), [p])
+            total += g ** 2                                       # square, then average
+            n += 1
+    return total / n
+
+
 def budget(step, init_budget, target_budget, tinit, tfinal, total_steps):
     if step <= tinit:
         return init_budget
@@ -56,6 +68,19 @@ def budget(step, init_budget, target_budget, tinit, tfinal, total_steps):
     return int((init_budget - target_budget) * progress ** 3 + target_budget)
 
 
+def triplet_scores(layer):
+    s_P = layer.ipt_P * layer.unc_P                 # (out, r)
+    s_lam = layer.ipt_lambda * layer.unc_lambda     # (r,)
+    s_Q = layer.ipt_Q * layer.unc_Q                 # (r, in)
+    return s_lam + s_P.mean(dim=0) + s_Q.mean(dim=1)
+
+
+def conv_lora_delta(A, B, scale):
+    # A: (r, C_in, k, k), B: (C_out, r, 1, 1) -> (C_out, C_in, k, k)
+    r = A.shape[0]
+    return scale * (B[:, :, 0, 0] @ A.reshape(r, -1)).reshape(B.shape[0], *A.shape[1:])
+
+
 SOLUTIONS = {
     "check_lora_forward": lora_forward,
     "check_lora_merge": lora_merge,
@@ -63,5 +88,8 @@ SOLUTIONS = {
     "check_prefix_attention": prefix_attention,
     "check_topk_mask": topk_mask,
     "check_row_mask": row_mask,
+    "check_fisher_score": fisher_score,
     "check_budget": budget,
+    "check_triplet_scores": triplet_scores,
+    "check_conv_lora_delta": conv_lora_delta,
 }
