@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 
 import pytest
@@ -349,3 +350,80 @@ def test_prefix_viewer_matches_attention_to_prefix(tiny_bert, tiny_tokenizer, co
 def test_prefix_viewer_needs_prefix_model(tiny_bert, tiny_tokenizer):
     with pytest.raises(ValueError, match="PrefixViewer needs"):
         widgets.PrefixViewer(tiny_bert, tiny_tokenizer)
+
+
+# --- what the browser showed (issue 19): paths, legends, readable labels, natural size -----
+
+def _tick_labels_readable(ax, axis):
+    """The visible tick labels of one axis: at least 8 pt, and no two of them overlap."""
+    ax.figure.canvas.draw()
+    r = ax.figure.canvas.get_renderer()
+    labels = [t for t in (ax.get_yticklabels() if axis == "y" else ax.get_xticklabels())
+              if t.get_text() and t.get_visible()]
+    assert labels, f"no {axis} labels"
+    assert all(t.get_fontsize() >= 8 for t in labels)
+    boxes = [t.get_window_extent(r) for t in labels]
+    for a, b in itertools.pairwise(boxes):
+        assert not a.overlaps(b), f"tick labels touch: {a} {b}"
+    return [t.get_text() for t in labels]
+
+
+def _wide_bert(layers=6, heads=12):
+    from transformers import BertConfig, BertForSequenceClassification
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig(
+        vocab_size=100, hidden_size=4 * heads, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=64, max_position_embeddings=64, num_labels=2)).eval()
+
+
+def test_inspector_filter_shows_full_paths(tiny_bert):
+    insp = widgets.ModelInspector(tiny_bert)
+    insp.filter.value = "query"
+    html = insp.table_html.value
+    for i in (0, 1):                  # two rows that once both read "query Linear ..."
+        assert f"bert.encoder.layer.{i}.attention.self.query</td>" in html
+    insp.filter.value = ""            # the tree view indents last names again
+    assert "&nbsp;" in insp.table_html.value
+    assert "bert.encoder.layer.0.attention.self.query</td>" not in insp.table_html.value
+
+
+def test_monitor_legend_has_eval_accuracy_and_readable_rows():
+    model = _wide_bert()
+    pl.lora.apply(model, pl.lora.LoraConfig(r=2, targets=["query", "value"]))
+    mon = widgets.TrainingMonitor(min_interval=1e9)
+    data = _batches(2)
+    pl.train.fit(model, data, data[:1], epochs=2, progress=False, callbacks=[mon])
+    mon.wait()
+    fig = mon.figure()
+    ax_loss, ax_grad = fig.axes[0], fig.axes[2]
+    legend = [t.get_text() for t in ax_loss.get_legend().get_texts()]
+    assert "eval loss" in legend and any(t.startswith("eval accuracy") for t in legend)
+    rows = _tick_labels_readable(ax_grad, "y")
+    assert len(rows) == len(mon.layers) == 13 and rows[0] == "L0.attention.self.query"
+
+
+def test_rank_and_prefix_and_selection_labels_do_not_touch(tiny_tokenizer):
+    model = _wide_bert()
+    pl.adalora.apply(model, pl.adalora.AdaLoraConfig(
+        init_r=4, target_r=2, targets=["query", "value"], total_steps=4, tinit=1, tfinal=1))
+    v = widgets.RankAllocationViewer(model)
+    pl.train.fit(model, _batches(4), progress=False, callbacks=[v])
+    assert len(_tick_labels_readable(v.figure().axes[0], "y")) == 12
+    sel = widgets.SelectionExplorer(_wide_bert(), batches=_batches(1), kind="grad")
+    fig = sel.figure()
+    assert len(_tick_labels_readable(fig.axes[0], "y")) == len(sel.grid()[0])
+    prefixed = pl.prefix.apply(_wide_bert(), pl.prefix.PrefixConfig(num_virtual_tokens=10))
+    pv = widgets.PrefixViewer(prefixed, tiny_tokenizer, text="the film was great")
+    fig = pv.figure()
+    heads = _tick_labels_readable(fig.axes[1], "x")       # mass panel: one label per head
+    assert heads == [str(h) for h in range(12)]
+    assert len(_tick_labels_readable(fig.axes[0], "x")) == 10
+
+
+def test_figures_keep_their_natural_size():
+    """A VBox stretches its children to its width: images opt out and only ever shrink."""
+    for image in (widgets.TrainingMonitor().image,
+                  widgets.RankAllocationViewer({"steps": [0], "budget": [1],
+                                                "ranks": {"a.0.q": [1]}}).image):
+        lay = image.layout
+        assert (lay.align_self, lay.max_width, lay.height) == ("flex-start", "100%", "auto")

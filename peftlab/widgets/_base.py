@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import io
+import math
 import re
 
 import ipywidgets as W
@@ -49,12 +50,53 @@ def png_bytes(fig: Figure) -> bytes:
 
 
 def image_widget() -> W.Image:
-    return W.Image(format="png", layout=W.Layout(max_width="100%"))
+    """An Image shown at the figure's natural size: a flex column (VBox) stretches children
+    to its width by default, so the image opts out (align_self) and only shrinks, keeping its
+    aspect ratio (max_width + height auto), when the output is narrower than the figure."""
+    return W.Image(format="png", layout=W.Layout(max_width="100%", height="auto",
+                                                 align_self="flex-start"))
 
 
 def show_figure(image: W.Image, fig: Figure) -> None:
     """Render `fig` into the Image widget (the one place a widget's picture changes)."""
     image.value = png_bytes(fig)
+
+
+LABEL_PT = 9     # tick labels of heat maps: readable on a laptop screen at dpi 80
+
+
+def set_ticks(ax, axis: str, labels: list, fontsize: float = LABEL_PT,
+              positions: list | None = None) -> int:
+    """Label the rows (axis="y") or columns ("x") of a heat map at a readable size, thinning
+    the labels (every k-th) when the axes are too small to show them all without touching.
+
+    Call after the figure's layout is final (subplots_adjust, colorbar). Returns k."""
+    labels = [str(x) for x in labels]
+    n = len(labels)
+    positions = list(range(n)) if positions is None else list(positions)
+    if not n:
+        return 1
+    box = ax.get_position()                                 # figure fraction
+    w_in, h_in = ax.figure.get_size_inches()
+    if axis == "y":
+        room = box.height * h_in * 72 / n                   # points per row
+        need = 1.3 * fontsize                               # one line of text plus a gap
+    else:
+        room = box.width * w_in * 72 / n                    # points per column
+        need = 0.62 * fontsize * max(len(x) for x in labels) + 0.6 * fontsize
+    k = max(1, math.ceil(need / room))
+    keep = list(range(0, n, k))
+    setter = ax.set_yticks if axis == "y" else ax.set_xticks
+    setter([positions[i] for i in keep], [labels[i] for i in keep], fontsize=fontsize)
+    return k
+
+
+def label_margin(labels: list, fig_width: float, fontsize: float = LABEL_PT,
+                 least: float = 0.06, most: float = 0.4) -> float:
+    """Left margin (figure fraction) that fits the longest row label of a heat map."""
+    longest = max((len(str(x)) for x in labels), default=0)
+    inches = (0.6 * fontsize * longest + 14) / 72          # text + ticks + padding
+    return min(most, max(least, inches / fig_width))
 
 
 def esc(text) -> str:

@@ -193,12 +193,14 @@ class ModelInspector(WidgetBase):
             f"{human_bytes(self.memory)}")
         self._render_memory()
         shown = self.rows()
-        cells, styles = [], []
+        flat = bool(self.filter.value.strip())     # filtered rows come from any depth: a tree
+        cells, styles = [], []                     # would mislead, so show full paths
         for r in shown[:self.max_rows]:
-            indent = "&nbsp;" * 2 * r.depth
             badge = (f" <span style='background:#ddf4ff;border-radius:3px;padding:0 3px'>"
                      f"{esc(r.adapter)}</span>" if r.adapter else "")
-            cells.append([f"{indent}{esc(r.name.rpartition('.')[2] or '(model)')}{badge}",
+            name = r.name if flat else r.name.rpartition(".")[2]
+            indent = "" if flat else "&nbsp;" * 2 * r.depth
+            cells.append([f"{indent}{esc(name or '(model)')}{badge}",
                           esc(r.type), fmt_int(r.params), fmt_int(r.trainable),
                           f"<span style='color:{STATUS_COLOR[r.status]}'>{r.status}</span>",
                           esc(r.dtype), esc(r.device), human_bytes(r.bytes)])

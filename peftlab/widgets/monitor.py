@@ -44,7 +44,9 @@ from peftlab.widgets._base import (
     WidgetBase,
     esc,
     image_widget,
+    label_margin,
     new_figure,
+    set_ticks,
     short_names,
     show_figure,
 )
@@ -238,27 +240,33 @@ class TrainingMonitor(WidgetBase):
         """The dashboard as a matplotlib Figure: loss + eval, step time, norm heat maps."""
         fig = new_figure(11, 6.5, layout=None)
         (ax_loss, ax_time), (ax_g, ax_u) = fig.subplots(2, 2)
-        fig.subplots_adjust(left=0.17, right=0.97, top=0.95, bottom=0.08, hspace=0.35,
-                            wspace=0.45)
+        labels = short_names(self.layers) if self.layers else []
+        fig.subplots_adjust(left=label_margin(labels, 11, least=0.08), right=0.95, top=0.95, bottom=0.08, hspace=0.35,
+                            wspace=0.42)
         ax_loss.set(title="loss", xlabel="step")
+        handles = []
         if self.steps:
-            ax_loss.plot(self.steps, self.losses, color="#bbb", lw=0.8, label="train (step)")
-            ax_loss.plot(self.steps, self.smoothed_losses(), color="C0", label="train (smoothed)")
+            handles += ax_loss.plot(self.steps, self.losses, color="#bbb", lw=0.8,
+                                    label="train (step)")
+            handles += ax_loss.plot(self.steps, self.smoothed_losses(), color="C0",
+                                    label="train (smoothed)")
         if self.evals:
-            ax_loss.plot([e["step"] for e in self.evals], [e["loss"] for e in self.evals], "o-",
-                         color="C3", label="eval loss")
-            if "accuracy" in self.evals[-1]:
+            handles += ax_loss.plot([e["step"] for e in self.evals],
+                                    [e["loss"] for e in self.evals], "o-", color="C3",
+                                    label="eval loss")
+            if "accuracy" in self.evals[-1]:     # its own axis (0-1), in the same legend
                 ax_acc = ax_loss.twinx()
-                ax_acc.plot([e["step"] for e in self.evals], [e["accuracy"] for e in self.evals],
-                            "s--", color="C2", label="eval accuracy")
-                ax_acc.set_ylabel("eval accuracy")
-        if self.steps:
-            ax_loss.legend(loc="upper right", fontsize=8)
+                handles += ax_acc.plot([e["step"] for e in self.evals],
+                                       [e.get("accuracy", math.nan) for e in self.evals],
+                                       "s--", color="C2", label="eval accuracy (right axis)")
+                ax_acc.set_ylabel("eval accuracy", color="C2")
+        if handles:
+            ax_loss.legend(handles=handles, loc="upper right", fontsize=8)
         ax_time.set(title="step time", xlabel="step", ylabel="ms")
         if self.steps:
             ax_time.plot(self.steps, [1000 * t for t in self.step_times], color="C1", lw=0.8)
         for ax, data, title in ((ax_g, self.grad_norms, "gradient norm per layer (log10)"),
-                                (ax_u, self.update_norms, "update norm per layer (log10)")):
+                                (ax_u, self.update_norms, "update norm, same rows (log10)")):
             ax.set(title=title, xlabel="step")
             if not data or not self.layers:
                 ax.text(0.5, 0.5, "appears once training starts", ha="center", va="center",
@@ -268,7 +276,7 @@ class TrainingMonitor(WidgetBase):
             im = ax.imshow(arr, aspect="auto", interpolation="nearest", cmap="viridis",
                            extent=(self.norm_steps[0] - 0.5, self.norm_steps[-1] + 0.5,
                                    len(self.layers) - 0.5, -0.5))
-            ticks = range(0, len(self.layers), max(1, len(self.layers) // 12))
-            ax.set_yticks(list(ticks), [short_names(self.layers)[i] for i in ticks], fontsize=6)
             fig.colorbar(im, ax=ax, shrink=0.8)
+            # row labels once, on the left map (the right one has the same rows)
+            set_ticks(ax, "y", labels if ax is ax_g else [""] * len(labels))
         return fig

@@ -22,7 +22,15 @@ from matplotlib.patches import Rectangle
 from torch import nn
 
 from peftlab.core.state import get_method
-from peftlab.widgets._base import WidgetBase, esc, image_widget, new_figure, show_figure
+from peftlab.widgets._base import (
+    WidgetBase,
+    esc,
+    image_widget,
+    label_margin,
+    new_figure,
+    set_ticks,
+    show_figure,
+)
 
 MEAN = "mean"
 DEFAULT_TEXT = "a gripping, beautifully acted film"
@@ -94,25 +102,28 @@ class PrefixViewer(WidgetBase):
     def figure(self):
         a = self.selected()
         T, P = a.shape
-        fig = new_figure(11, max(3.2, 0.22 * T + 1.2), layout=None)
-        ax_a, ax_m = fig.subplots(1, 2, gridspec_kw={"width_ratios": [max(P, 4), 6]})
-        fig.subplots_adjust(left=0.12, right=0.97, bottom=0.14, top=0.88, wspace=0.35)
+        L, H = self.mass.shape[:2]
+        # each panel gets room for its columns: ~0.3 in per virtual token, ~0.35 in per head
+        width = min(16.0, max(9.0, 0.3 * P + 0.35 * H + 5.0))
+        fig = new_figure(width, max(3.2, 0.22 * T + 1.2), layout=None)
+        ax_a, ax_m = fig.subplots(1, 2, gridspec_kw={"width_ratios": [max(P, 4), max(H, 4)]})
+        fig.subplots_adjust(left=label_margin(self.tokens, width), right=0.97, bottom=0.14,
+                            top=0.88, wspace=0.3)
         im = ax_a.imshow(a, aspect="auto", cmap="Blues", vmin=0, interpolation="nearest")
-        ax_a.set_yticks(range(T), self.tokens, fontsize=8)
-        ax_a.set_xticks(range(P), [f"v{p}" for p in range(P)], fontsize=7)
         ax_a.set(title=f"layer {self.layer.value}, head {self.head.value}: token -> virtual",
                  xlabel="virtual token")
         fig.colorbar(im, ax=ax_a, label="attention probability")
+        set_ticks(ax_a, "y", self.tokens)
+        set_ticks(ax_a, "x", [f"v{p}" for p in range(P)])
         m = 100 * self.mass.mean(-1)                                              # (L, H)
         im2 = ax_m.imshow(m, aspect="auto", cmap="Oranges", vmin=0, interpolation="nearest")
         ax_m.set(title="% of attention on the prefix", xlabel="head", ylabel="layer")
-        L, H = m.shape
-        ax_m.set_xticks(range(H))
-        ax_m.set_yticks(range(L))
         l0, l1 = (-0.5, L - 0.5) if self.layer.value == MEAN else \
             (self.layer.value - 0.5, self.layer.value + 0.5)
         h0, h1 = (-0.5, H - 0.5) if self.head.value == MEAN else \
             (self.head.value - 0.5, self.head.value + 0.5)
         ax_m.add_patch(Rectangle((h0, l0), h1 - h0, l1 - l0, fill=False, ec="black", lw=1.5))
         fig.colorbar(im2, ax=ax_m)
+        set_ticks(ax_m, "x", range(H))
+        set_ticks(ax_m, "y", range(L))
         return fig

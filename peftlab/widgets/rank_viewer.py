@@ -27,7 +27,9 @@ from peftlab.widgets._base import (
     WidgetBase,
     esc,
     image_widget,
+    label_margin,
     new_figure,
+    set_ticks,
     short_names,
     show_figure,
 )
@@ -134,9 +136,11 @@ class RankAllocationViewer(WidgetBase):
         show_figure(self.image, self.figure())
 
     def figure(self):
-        fig = new_figure(12, 4.2, layout=None)
+        labels = short_names(self.names)
+        fig = new_figure(12, max(4.2, 0.2 * len(self.names) + 1.2), layout=None)
         ax_h, ax_g, ax_b = fig.subplots(1, 3, gridspec_kw={"width_ratios": [4, 3, 3]})
-        fig.subplots_adjust(left=0.12, right=0.98, bottom=0.14, top=0.9, wspace=0.45)
+        fig.subplots_adjust(left=label_margin(labels, 12), right=0.98, bottom=0.14, top=0.9,
+                            wspace=0.45)
         if not self.steps:
             for ax in (ax_h, ax_g, ax_b):
                 ax.text(0.5, 0.5, "no steps recorded yet", ha="center", va="center",
@@ -149,17 +153,15 @@ class RankAllocationViewer(WidgetBase):
                          extent=(self.steps[0] - 0.5, self.steps[-1] + 0.5,
                                  len(self.names) - 0.5, -0.5))
         ax_h.axvline(s, color="red", lw=1)
-        ticks = list(range(0, len(self.names), max(1, len(self.names) // 16)))
-        labels = short_names(self.names)
-        ax_h.set_yticks(ticks, [labels[i] for i in ticks], fontsize=6)
         ax_h.set(title="rank of each matrix over training", xlabel="step")
         fig.colorbar(im, ax=ax_h, label="rank")
+        set_ticks(ax_h, "y", labels)
         g = self.grid(s)
         if g is not None:
             mods, blocks, arr = g
             ax_g.imshow(arr, aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
-            ax_g.set_xticks(range(len(blocks)), [str(b) for b in blocks])
-            ax_g.set_yticks(range(len(mods)), [m.rsplit(".", 1)[-1] for m in mods])
+            set_ticks(ax_g, "x", blocks)
+            set_ticks(ax_g, "y", [m.rsplit(".", 1)[-1] for m in mods])
             for (i, j), v in np.ndenumerate(arr):
                 if np.isfinite(v):
                     ax_g.text(j, i, int(v), ha="center", va="center", fontsize=8,
@@ -167,7 +169,7 @@ class RankAllocationViewer(WidgetBase):
             ax_g.set(title=f"ranks at step {s}", xlabel="block")
         else:
             ax_g.barh(range(len(self.names)), list(self.ranks_at(s).values()), color="C0")
-            ax_g.set_yticks(range(len(self.names)), self.names, fontsize=6)
+            set_ticks(ax_g, "y", [n.rsplit(".", 1)[-1] for n in self.names])
             ax_g.invert_yaxis()
             ax_g.set(title=f"ranks at step {s}", xlabel="rank")
         ax_b.plot(self.steps, self.budget, color="C1", label="budget b(t)")

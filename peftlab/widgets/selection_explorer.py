@@ -27,7 +27,9 @@ from peftlab.widgets._base import (
     fmt_int,
     html_table,
     image_widget,
+    label_margin,
     new_figure,
+    set_ticks,
     show_figure,
 )
 
@@ -118,10 +120,11 @@ class SelectionExplorer(WidgetBase):
 
     def figure(self):
         """Heat map (module x block, % selected) and selected entries per block."""
-        fig = new_figure(11, 4.2, layout=None)
-        ax_h, ax_b = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
-        fig.subplots_adjust(left=0.2, right=0.98, bottom=0.14, top=0.9, wspace=0.35)
         mods, blocks, arr = self.grid()
+        fig = new_figure(11, max(4.2, 0.22 * len(mods) + 1.4), layout=None)
+        ax_h, ax_b = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+        fig.subplots_adjust(left=label_margin(mods, 11), right=0.98, bottom=0.14, top=0.9,
+                            wspace=0.35)
         if blocks:
             pct = np.where(arr > 0, 100 * arr, np.nan)      # grey: nothing selected there
             pos = pct[np.isfinite(pct)]
@@ -129,9 +132,9 @@ class SelectionExplorer(WidgetBase):
                 if pos.size else None
             cmap = colormaps["magma"].with_extremes(bad="#e8e8e8")
             im = ax_h.imshow(pct, aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
-            ax_h.set_xticks(range(len(blocks)), [str(b) for b in blocks])
-            ax_h.set_yticks(range(len(mods)), mods, fontsize=7)
             fig.colorbar(im, ax=ax_h, label="% of entries selected")
+            set_ticks(ax_h, "x", blocks)
+            set_ticks(ax_h, "y", mods)
         else:
             ax_h.text(0.5, 0.5, "no numbered blocks in this model\n(see the bar chart)",
                       ha="center", va="center", transform=ax_h.transAxes, color="#777")
