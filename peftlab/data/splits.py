@@ -1,44 +1,47 @@
-"""Datasets that ship in `data/`, and user CSV files, behind one function.
+"""A split of text examples and the three splits of a dataset.
 
-    ds = pl.data.load_dataset()                    # default: sentiment_contrast
-    ds.train.texts[:3], ds.train.labels[:3]
-    loader = ds.train.loader(tokenizer, batch_size=32, shuffle=True, seed=0)
-    ds = pl.data.load_dataset("my_reviews.csv")    # a user CSV with columns text,label
-
-A user CSV becomes a DatasetSplits too: with one file we split it 80/10/10 (seeded); with a
-folder holding train.csv / validation.csv / test.csv we use those files as they are.
+    split.texts, split.labels          parallel lists: strings and integer class ids
+    split.label_names                  the class names, when the data named them
+    split.loader(tokenizer, batch_size=32, shuffle=True, seed=0, max_length="auto")
 """
 
 from __future__ import annotations
 
-import csv
 import os
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-DEFAULT_DATASET = "sentiment_contrast"
+from peftlab.data.lengths import choose_max_length, token_lengths
 
 
 def data_dir() -> Path:
     """The repository's data/ folder ($PEFTLAB_DATA overrides, e.g. for a non-editable install)."""
     env = os.environ.get("PEFTLAB_DATA")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "data"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "data"
 
 
 class DatasetError(ValueError):
-    """A dataset file is missing or malformed; the message names the file and line."""
+    """The data is missing or malformed; the message names the file (and line) and the fix."""
 
 
 @dataclass
 class TextSplit:
-    """One split: parallel lists of texts and integer labels."""
+    """One split: parallel lists of texts and integer class ids.
+
+    texts: the example texts. labels: class ids 0..num_labels-1, one per text. name: the
+    split's name ("train", "validation", "test"), used in messages. label_names: the class
+    names when the data had string labels (label_names[id] is the name of class id).
+    """
 
     texts: list[str]
     labels: list[int]
     name: str = "split"
+    label_names: list[str] = field(default_factory=list)
+    _lengths: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -51,11 +54,41 @@ class TextSplit:
         idx = list(range(len(self)))
         random.Random(seed).shuffle(idx)
         idx = sorted(idx[:n])
-        return TextSplit([self.texts[i] for i in idx], [self.labels[i] for i in idx], self.name)
+        return TextSplit([self.texts[i] for i in idx], [self.labels[i] for i in idx], self.name,
+                         list(self.label_names))
+
+    def token_lengths(self, tokenizer) -> list[int]:
+        """Tokens per text, special tokens included (computed once per tokenizer)."""
+        key = id(tokenizer)
+        if key not in self._lengths:
+            self._lengths[key] = token_lengths(tokenizer, self.texts)
+        return self._lengths[key]
+
+    def truncated(self, tokenizer, max_length: int) -> int:
+        """How many texts are longer than max_length tokens (and so would be cut)."""
+        return sum(n > max_length for n in self.token_lengths(tokenizer))
 
     def loader(self, tokenizer, batch_size: int = 32, shuffle: bool = False, seed: int = 0,
-               max_length: int = 32) -> torch.utils.data.DataLoader:
-        """A DataLoader of dicts {input_ids, attention_mask, labels}, padded per batch."""
+               max_length: int | str = 32) -> torch.utils.data.DataLoader:
+        """A DataLoader of dicts {input_ids, attention_mask, labels}, padded per batch.
+
+        max_length: tokens kept per text; "auto" chooses it from the texts
+        (pl.data.choose_max_length). Texts longer than max_length are truncated, with a
+        warning that gives their share.
+        """
+        if max_length == "auto":
+            max_length = choose_max_length(tokenizer, self.texts, lengths=self.token_lengths(
+                tokenizer))
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+            raise ValueError(f"max_length must be a positive int or 'auto', got {max_length!r}")
+        cut = self.truncated(tokenizer, max_length)
+        if cut:
+            warnings.warn(
+                f"{cut / len(self):.1%} of the {self.name} texts ({cut} of {len(self)}) are "
+                f"longer than max_length={max_length} tokens and are truncated; pass "
+                f"max_length='auto' (or pl.data.choose_max_length(tokenizer, texts)) to keep "
+                f"more of them.", UserWarning, stacklevel=2)
+
         def collate(rows):
             texts, labels = zip(*rows)
             enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
@@ -74,6 +107,14 @@ class TextSplit:
 
 @dataclass
 class DatasetSplits:
+    """A dataset: train, validation and test TextSplits, with its name and class names.
+
+    train / validation / test: the splits. name: the dataset's name (a shipped name or the
+    file's stem). label_names: class names, label_names[id]; empty when the labels were
+    integer ids with no names. num_labels (a property): len(label_names) when named, else the
+    largest id + 1.
+    """
+
     train: TextSplit
     validation: TextSplit
     test: TextSplit
@@ -82,94 +123,12 @@ class DatasetSplits:
 
     @property
     def num_labels(self) -> int:
+        """Classes of the task: len(label_names) when named, else the largest id + 1."""
+        if self.label_names:
+            return len(self.label_names)
         return max(max(s.labels) for s in (self.train, self.validation, self.test)) + 1
 
     def __repr__(self) -> str:
         return (f"DatasetSplits({self.name!r}: train={len(self.train)}, "
                 f"validation={len(self.validation)}, test={len(self.test)}, "
                 f"labels={self.label_names or self.num_labels})")
-
-
-SHIPPED = {
-    "sentiment_contrast": ["negative", "positive"],
-}
-
-
-def read_csv(path: str | Path, name: str = "split") -> TextSplit:
-    """Read a CSV with a header `text,label` (label an int >= 0). Errors name file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such file.")
-    texts, labels = [], []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise DatasetError(f"{path}: the file is empty; expected a header line "
-                               f"'text,label' and one row per example.") from None
-        header = [h.strip().lower() for h in header]
-        if "text" not in header or "label" not in header:
-            raise DatasetError(f"{path}, line 1: the header is {header!r}; it must name the "
-                               f"columns 'text' and 'label'.")
-        ti, li = header.index("text"), header.index("label")
-        for row in reader:
-            line = reader.line_num
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise DatasetError(f"{path}, line {line}: expected {len(header)} fields "
-                                   f"({','.join(header)}), found {len(row)}: {row!r}. Quote "
-                                   f"texts that contain commas.")
-            text, label = row[ti], row[li].strip()
-            if not text.strip():
-                raise DatasetError(f"{path}, line {line}: the text is empty.")
-            try:
-                lab = int(label)
-            except ValueError:
-                raise DatasetError(f"{path}, line {line}: label {label!r} is not an integer "
-                                   f"class id (0, 1, ...).") from None
-            if lab < 0:
-                raise DatasetError(f"{path}, line {line}: label {lab} is negative.")
-            texts.append(text)
-            labels.append(lab)
-    if not texts:
-        raise DatasetError(f"{path}: the file has a header but no examples.")
-    return TextSplit(texts, labels, name)
-
-
-def load_dataset(name: str | Path | None = None, seed: int = 0) -> DatasetSplits:
-    """Load a shipped dataset by name (default: sentiment_contrast) or a user CSV / folder."""
-    name = DEFAULT_DATASET if name is None else name
-    if str(name) in SHIPPED:
-        folder = data_dir() / str(name)
-        if not folder.is_dir():
-            raise DatasetError(f"Shipped dataset folder {folder} is missing: run peftlab from "
-                               f"a clone of the repository, or set PEFTLAB_DATA to its data/.")
-        splits = {s: read_csv(folder / f"{s}.csv", s) for s in ("train", "validation", "test")}
-        return DatasetSplits(**splits, name=str(name), label_names=SHIPPED[str(name)])
-    path = Path(name)
-    if path.is_dir():
-        files = {s: path / f"{s}.csv" for s in ("train", "validation", "test")}
-        missing = [str(p) for p in files.values() if not p.is_file()]
-        if missing:
-            raise DatasetError(f"{path} is a folder but lacks {', '.join(missing)}; a dataset "
-                               f"folder holds train.csv, validation.csv and test.csv.")
-        return DatasetSplits(**{s: read_csv(p, s) for s, p in files.items()}, name=path.name)
-    if path.suffix.lower() == ".csv" or path.exists():
-        full = read_csv(path, "all")
-        if len(full) < 10:
-            raise DatasetError(f"{path}: {len(full)} examples are too few to split 80/10/10; "
-                               f"provide at least 10, or a folder with train/validation/test.csv.")
-        idx = list(range(len(full)))
-        random.Random(seed).shuffle(idx)
-        n_val = n_test = max(1, len(idx) // 10)
-        parts = {"test": idx[:n_test], "validation": idx[n_test:n_test + n_val],
-                 "train": idx[n_test + n_val:]}
-        splits = {s: TextSplit([full.texts[i] for i in sorted(ix)],
-                               [full.labels[i] for i in sorted(ix)], s)
-                  for s, ix in parts.items()}
-        return DatasetSplits(**splits, name=path.stem)
-    raise DatasetError(f"Unknown dataset {str(name)!r}: shipped datasets are "
-                       f"{', '.join(SHIPPED)}; or pass the path of a CSV file (text,label) "
-                       f"or of a folder with train.csv, validation.csv and test.csv.")

@@ -27,6 +27,7 @@ from torch import nn
 from peftlab.core.errors import AdapterError
 from peftlab.core.registry import method_module
 from peftlab.core.state import get_config, get_method, get_targets
+from peftlab.data.labels import label_names_of, set_label_names
 from peftlab.io.files import (
     CONFIG_FILE,
     HF_CONFIG_FILE,
@@ -147,6 +148,9 @@ def save_adapter(model: nn.Module, path: str | Path, format: str = "peftlab") ->
         "num_tensors": len(tensors),
         "num_parameters": int(sum(t.numel() for t in tensors.values())),
     }
+    names = label_names_of(model)
+    if names:
+        meta["label_names"] = names      # model.config.id2label, restored by load_adapter
     write_tensors(path / WEIGHTS_FILE, tensors, metadata={"format": "pt", "peftlab": method})
     write_json(path / CONFIG_FILE, meta)
     _remove_stale(path / HF_CONFIG_FILE)
@@ -161,7 +165,8 @@ def _remove_stale(config_file: Path) -> None:
 
 
 def read_adapter(path: str | Path):
-    """(format, method, config object or hf dict, tensors) from an adapter folder."""
+    """(format, method, config object, tensors) from an adapter folder, either format.
+    Everything is checked (format, version, config fields, safetensors) before it returns."""
     path = Path(path)
     if not path.is_dir():
         raise AdapterError(f"{path}: no such adapter folder (save_adapter writes a folder "
@@ -189,10 +194,23 @@ def read_adapter(path: str | Path):
                        f"(Hugging Face PEFT).")
 
 
+def adapter_label_names(path: str | Path) -> list[str]:
+    """The class names saved with a peftlab adapter (its JSON's label_names), or []."""
+    file = Path(path) / CONFIG_FILE
+    if not file.is_file():
+        return []
+    names = read_json(file).get("label_names") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise AdapterError(f"{file}: label_names must be a list of strings, got {names!r}.")
+    return names
+
+
 def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
     """Load an adapter onto `model` (format detected). On a plain base model the saved method
-    is applied first. Everything is checked on a copy before the model itself is touched."""
+    is applied first. Everything is checked on a copy before the model itself is touched.
+    Class names saved with the adapter go to model.config.id2label / label2id."""
     _, method, config, tensors = read_adapter(path)
+    names = adapter_label_names(path)
     current = get_method(model)
     if current is not None and current != method:
         raise AdapterError(f"{path} holds a {method!r} adapter but the model carries "
@@ -209,6 +227,8 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
             else:
                 module.apply(m, config)
         load_adapter_state(m, tensors)
+        if names and getattr(getattr(m, "config", None), "id2label", None) is not None:
+            set_label_names(m, names)
 
     # dry run on a copy: any mismatch raises here, and the caller's model is untouched
     try:

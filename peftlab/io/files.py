@@ -21,13 +21,27 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 
 # --- atomic writes -------------------------------------------------------------------------
 
+def _file_mode() -> int:
+    """The mode a plain open() would give a new file: 0o666 less the process umask
+    (0o644 under the usual umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: Path, write) -> None:
-    """Call write(tmp) on a temp file beside `path`, then rename it over `path`."""
+    """Call write(tmp) on a temp file beside `path`, then rename it over `path`.
+
+    A crash half-way leaves the old file (or none), never a half-written one. The file gets
+    the usual permissions (0o644 under umask 022), not the temp file's private 0o600.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -35,6 +49,7 @@ def atomic_write(path: Path, write) -> None:
 
 
 def write_json(path: Path, obj) -> None:
+    """Write obj as indented, key-sorted JSON to `path`, atomically."""
     def w(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2, sort_keys=True)
@@ -43,11 +58,15 @@ def write_json(path: Path, obj) -> None:
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata=None) -> None:
+    """Write tensors (moved to CPU, made contiguous) to a safetensors file, atomically.
+    metadata: optional {str: str} stored in the file's header."""
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     atomic_write(Path(path), lambda tmp: save_file(clean, tmp, metadata=metadata))
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file into {name: tensor} on CPU; a clear AdapterError if the file
+    is missing, truncated or not safetensors (pickled .bin/.pt files are never loaded)."""
     path = Path(path)
     if not path.is_file():
         raise AdapterError(f"{path}: no such file; an adapter folder holds {WEIGHTS_FILE}.")
@@ -60,12 +79,12 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def read_json(path: Path) -> dict:
+    """Read a JSON file; an AdapterError naming the file and line if it is not valid JSON."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise AdapterError(f"{path} is not valid JSON (line {e.lineno}): {e.msg}.") from e
-
 
 
 def check_state(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
