@@ -24,6 +24,7 @@ _WHERE = {
     "SelectionExplorer": "selection_explorer",
     "RankAllocationViewer": "rank_viewer",
     "PrefixViewer": "prefix_viewer",
+    "TradeoffExplorer": "tradeoff",
 }
 
 __all__ = list(_WHERE)
