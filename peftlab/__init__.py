@@ -5,6 +5,10 @@
     pl.lora.apply(model, pl.lora.LoraConfig(r=8, alpha=16, targets=["query", "value"]))
     result = pl.train.fit(model, ds.train, ds.validation, tokenizer=tokenizer)
     pl.save_adapter(model, "my_adapter")
+    pl.predict(model, tokenizer, ["a new sentence"]).labels
+
+Your own data: pl.data.load_dataset("my.csv", text_column=..., label_column=...); the command
+line does the same: `peftlab train | evaluate | predict | compare` (see `peftlab --help`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import importlib
 from peftlab import core, data, io, measure, models, runtime, train
 from peftlab.core.registry import after_step, regularization
 from peftlab.io.adapters import load_adapter, save_adapter
+from peftlab.predict import Predictions, predict
 from peftlab.report import trainable_report
 
 __version__ = "0.1.0"
@@ -29,6 +34,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'peftlab' has no attribute {name!r}")
 
 
-__all__ = ["after_step", "core", "data", "io", "load_adapter", "measure", "models",
-           "regularization", "runtime", "save_adapter", "train", "trainable_report",
+__all__ = ["Predictions", "after_step", "core", "data", "io", "load_adapter", "measure",
+           "models", "predict", "regularization", "runtime", "save_adapter", "train",
+           "trainable_report",
            *sorted(_LAZY)]

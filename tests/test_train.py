@@ -242,3 +242,138 @@ def test_fit_switches_no_global_setting(tiny_mlp):
         assert not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(was)
+
+
+# --- checkpoints, resume, history, labels ------------------------------------------------------
+
+def dropout_bert(num_labels=3):
+    """Dropout on (0.1): the resumed run must replay the very same dropout masks."""
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64, num_labels=num_labels)
+    return BertForSequenceClassification(cfg)
+
+
+def shuffled_loader(n=44, b=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 100, (n, 10), generator=g)
+    rows = [{"input_ids": ids[i], "attention_mask": torch.ones(10, dtype=torch.long),
+             "labels": ids[i, 0] % 3} for i in range(n)]
+    gen = torch.Generator()
+    gen.manual_seed(0)
+    return torch.utils.data.DataLoader(rows, batch_size=b, shuffle=True, generator=gen)
+
+
+def resume_setup(method):
+    model = dropout_bert()
+    if method == "lora":
+        pl.lora.apply(model, pl.lora.LoraConfig(r=4, targets=["query", "value"], dropout=0.1))
+    elif method == "adalora":
+        pl.adalora.apply(model, pl.adalora.AdaLoraConfig(init_r=4, target_r=2, total_steps=18,
+                                                         tinit=2, tfinal=4))
+    else:
+        pl.full.apply(model, pl.full.FullConfig(mode="all"))
+    return model
+
+
+@pytest.mark.parametrize("method", ["lora", "adalora", "full"])
+def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(method, tmp_path):
+    kw = dict(epochs=3, lr=1e-2, progress=False, device="cpu", seed=3)   # 6 steps per epoch
+    whole = resume_setup(method)
+    r_whole = pl.train.fit(whole, shuffled_loader(), shuffled_loader(), **kw)
+    ck = tmp_path / "ck"
+    first = resume_setup(method)
+    r1 = pl.train.fit(first, shuffled_loader(), shuffled_loader(), checkpoint_every=4,
+                      checkpoint_dir=ck, callbacks=[pl.train.StopAfter(9)], **kw)  # mid-epoch 2
+    assert r1.stopped and len(r1.history) == 9
+    assert [p.name for p in pl.train.checkpoint.checkpoints(ck)] == ["step-000009"]
+    second = resume_setup(method)                   # a fresh process would build it again
+    r2 = pl.train.fit(second, shuffled_loader(), shuffled_loader(), checkpoint_every=4,
+                      checkpoint_dir=ck, resume_from=ck, **kw)
+    assert not r2.stopped and [h["step"] for h in r2.history] == list(range(10, 19))
+    assert [h["loss"] for h in r1.history + r2.history] == [h["loss"] for h in r_whole.history]
+    a, b = whole.state_dict(), second.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_files_are_safetensors_and_json(tmp_path):
+    model = resume_setup("lora")
+    pl.train.fit(model, shuffled_loader(), epochs=2, progress=False, checkpoint_every=3,
+                 checkpoint_dir=tmp_path)
+    # checkpoints every 3 steps of 12; the newest is kept (step 12 is the end: none there)
+    (ck,) = pl.train.checkpoint.checkpoints(tmp_path)
+    assert ck.name == "step-000009"
+    assert sorted(p.name for p in ck.iterdir()) == ["trainer.json", "trainer.safetensors"]
+    assert (ck / "trainer.json").stat().st_mode & 0o777 == 0o644
+    meta = pl.io.read_json(ck / "trainer.json")
+    assert (meta["step"], meta["epoch"], meta["in_epoch"], meta["total_steps"]) == (9, 1, 3, 12)
+    tensors = pl.io.read_tensors(ck / "trainer.safetensors")
+    assert any(k.startswith("optim.") and k.endswith("exp_avg") for k in tensors)
+    assert {"rng.torch", "rng.loader", "epoch_rng.torch", "epoch_rng.loader"} <= set(tensors)
+    assert not any(".pt" in p.name or ".bin" in p.name for p in tmp_path.rglob("*"))
+
+
+def test_resume_refuses_another_run(tmp_path):
+    model = resume_setup("lora")
+    pl.train.fit(model, shuffled_loader(), epochs=2, progress=False, checkpoint_every=3,
+                 checkpoint_dir=tmp_path, callbacks=[pl.train.StopAfter(4)])
+    with pytest.raises(pl.train.CheckpointError, match="run of 12 steps but this fit"):
+        pl.train.fit(resume_setup("lora"), shuffled_loader(), epochs=3, progress=False,
+                     resume_from=tmp_path)
+    other = dropout_bert()
+    pl.lora.apply(other, pl.lora.LoraConfig(r=4, targets=["query"]))
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(pl.train.CheckpointError, match="trainable parameters differ"):
+        pl.train.fit(other, shuffled_loader(), epochs=2, progress=False, resume_from=tmp_path)
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+    with pytest.raises(pl.train.CheckpointError, match="no checkpoint"):
+        pl.train.fit(resume_setup("lora"), shuffled_loader(), epochs=2, progress=False,
+                     resume_from=tmp_path / "nothing")
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        pl.train.fit(resume_setup("lora"), shuffled_loader(), checkpoint_every=3,
+                     progress=False)
+
+
+def test_history_log_and_truncation(tmp_path):
+    path = tmp_path / "history.jsonl"
+    model = resume_setup("lora")
+    r = pl.train.fit(model, shuffled_loader(), shuffled_loader(), epochs=2, progress=False,
+                     callbacks=[pl.train.HistoryLog(path)])
+    rows = pl.train.read_history(path)
+    steps = [x for x in rows if x["type"] == "step"]
+    epochs = [x for x in rows if x["type"] == "epoch"]
+    assert [x["loss"] for x in steps] == [h["loss"] for h in r.history]
+    assert [(e["epoch"], e["step"]) for e in epochs] == [(1, 6), (2, 12)]
+    assert epochs[-1]["eval_accuracy"] == r.final["accuracy"]
+    assert epochs[0]["train_loss"] == pytest.approx(sum(x["loss"] for x in steps[:6]) / 6)
+    with open(path, "a") as f:
+        f.write('{"type": "step", "st')           # a line cut short by a crash
+    pl.train.history.truncate_history(path, 6)    # a checkpoint at step 6, before its eval
+    kept = pl.train.read_history(path)
+    assert [x["step"] for x in kept] == [1, 2, 3, 4, 5, 6]
+
+
+def test_named_labels_go_into_the_model_and_mismatches_are_caught(embedded_state):
+    _, tok = embedded_state
+    texts = [f"sentence {i}" for i in range(12)]
+    three = pl.data.TextSplit(texts, [i % 3 for i in range(12)], "train",
+                              ["food", "sport", "tech"])
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1,
+                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
+                     num_labels=2)
+    model = BertForSequenceClassification(cfg)
+    pl.full.apply(model, pl.full.FullConfig(mode="head"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(pl.data.LabelError, match=r"3 labels \(food, sport, tech\) but the "
+                                                 r"model's head has 2 outputs"):
+        pl.train.fit(model, three, tokenizer=tok, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    cfg.num_labels = 3
+    model = BertForSequenceClassification(cfg)
+    pl.full.apply(model, pl.full.FullConfig(mode="head"))
+    pl.train.fit(model, three, tokenizer=tok, progress=False, batch_size=6)
+    assert model.config.id2label == {0: "food", 1: "sport", 2: "tech"}
+    assert pl.data.label_names_of(model) == ["food", "sport", "tech"]
+    other = pl.data.TextSplit(texts, [i % 3 for i in range(12)], "train", ["a", "b", "c"])
+    with pytest.raises(pl.data.LabelError, match="model's labels are"):
+        pl.train.fit(model, other, tokenizer=tok, progress=False)

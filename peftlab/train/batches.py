@@ -32,6 +32,28 @@ def evaluate(model: nn.Module, data: Iterable, device=None) -> dict:
     return {"loss": loss_sum / total, "accuracy": correct / total, "n": total}
 
 
+def check_labels(model: nn.Module, train, eval=None) -> None:
+    """Before training on pl.data TextSplits: the model's head must have as many outputs as
+    the data has classes (pl.data.LabelError otherwise, instead of an IndexError mid-run), and
+    named labels are written into model.config.id2label so predictions and saved adapters
+    carry them. Other data (DataLoaders, batches) is not inspected."""
+    from peftlab.data.labels import LabelError, check_num_labels, label_names_of, set_label_names
+
+    for data in (train, eval):
+        if hasattr(data, "texts") and hasattr(data, "labels"):
+            check_num_labels(model, data)
+    names = list(getattr(train, "label_names", None) or [])
+    if not names or getattr(getattr(model, "config", None), "id2label", None) is None:
+        return
+    have = label_names_of(model)
+    if have and have != names:
+        raise LabelError(f"The model's labels are {have} (model.config.id2label) but the "
+                         f"data's are {names}; train a model built for this data, or map the "
+                         f"data's labels with label_names={have}.")
+    if not have:
+        set_label_names(model, names)
+
+
 def as_loader(data, tokenizer, batch_size, shuffle, seed, max_length, what):
     """A re-iterable of batches with a len(): DataLoaders pass through; TextSplits and
     map-style Datasets become seeded DataLoaders; generators are materialised."""

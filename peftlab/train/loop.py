@@ -41,7 +41,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -50,54 +51,11 @@ from peftlab import measure
 from peftlab.core.batches import loss_fn, to_device
 from peftlab.core.registry import after_step, regularization
 from peftlab.runtime import get_device, seed_everything
-from peftlab.train.batches import as_loader, evaluate
+from peftlab.train.batches import as_loader, check_labels, evaluate
 from peftlab.train.distributed import init_distributed, shard, world
+from peftlab.train import checkpoint
 from peftlab.train.precision import Precision, announce, resolve_precision
-
-# --- state passed to callbacks -------------------------------------------------------------
-
-@dataclass
-class FitState:
-    """What callbacks see. on_train_begin / on_step_end / on_epoch_end / on_train_end(state);
-    inside on_step_end the step's gradients are still on the parameters."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    epoch: int = 0                # 0-based epoch in progress; in on_epoch_end: epochs completed
-    step: int = 0                 # optimizer steps done so far (1-based inside on_step_end)
-    total_steps: int = 0
-    loss: float = float("nan")
-    lr: float = 0.0
-    step_time: float = 0.0
-    eval_metrics: dict = field(default_factory=dict)
-
-
-@dataclass
-class FitResult:
-    history: list[dict]           # one row per step: step, epoch, loss, lr, time
-    evals: list[dict]             # one row per epoch: epoch, step, loss, accuracy, n
-    trainable: int                # trainable parameters (each tensor once)
-    total: int                    # all parameters
-    step_time: float              # median seconds per training step after warm-up
-    train_time: float             # wall seconds of the whole loop (evaluation included)
-    memory: dict                  # bytes: weights, gradients, optimizer, total (= those three),
-                                  # activations, peak, peak_kind, rss_peak (+ cuda_peak on GPU)
-    device: str
-    world_size: int = 1           # processes that trained together (torchrun)
-    precision: str = "fp32"       # what the forward pass ran in: fp32, bf16 or fp16
-
-    @property
-    def final(self) -> dict:
-        return self.evals[-1] if self.evals else {}
-
-    def __repr__(self) -> str:
-        acc = self.final.get("accuracy")
-        acc_s = f"{acc:.4f}" if acc is not None else "-"
-        return (f"FitResult(steps={len(self.history)}, eval_accuracy={acc_s}, "
-                f"trainable={self.trainable:,}/{self.total:,}, "
-                f"step_time={self.step_time * 1000:.0f} ms, "
-                f"peak_memory={measure.human_bytes(self.memory.get('peak'))})")
-
+from peftlab.train.results import FitResult, FitState
 
 def _call(callbacks, hook: str, state: FitState) -> None:
     for cb in callbacks:
@@ -219,7 +177,9 @@ def fit(model: nn.Module, train, eval=None, *, epochs: float = 1, lr: float = 1e
         max_grad_norm: float | None = 1.0, schedule: str = "linear", warmup: float = 0.06,
         max_steps: int | None = None, device=None, seed: int = 0, amp: bool = False,
         precision: str = "fp32", loss: Callable | None = None, callbacks: Iterable = (),
-        progress: bool = True, eval_every_epoch: bool = True) -> FitResult:
+        progress: bool = True, eval_every_epoch: bool = True,
+        checkpoint_every: int | None = None, checkpoint_dir: str | Path | None = None,
+        resume_from: str | Path | None = None) -> FitResult:
     """Train the model's trainable parameters on `train`; evaluate on `eval` each epoch.
 
     train / eval: DataLoaders (or any re-iterable of batches), or pl.data TextSplits with
@@ -234,8 +194,20 @@ def fit(model: nn.Module, train, eval=None, *, epochs: float = 1, lr: float = 1e
     seed: seeds Python, NumPy and torch's generators and the shuffling; fit switches no other
     global setting (for deterministic kernels call pl.runtime.seed_everything yourself).
     Under torchrun, trains data-parallel (see the module docstring).
+    TextSplits with label names: the model's head must match (a clear error if not) and
+    model.config.id2label gets the names. max_length="auto" chooses it from the texts.
+    checkpoint_dir / checkpoint_every: save a checkpoint every N steps (and when a callback
+    stops the run) in checkpoint_dir; resume_from: a checkpoint (or a folder of them) to
+    continue from, with the same model setup and arguments: the run then ends with the same
+    weights as an uninterrupted one (see train/checkpoint.py).
     """
     _check_args(epochs, max_steps, lr, batch_size, schedule)
+    if checkpoint_every is not None and (not isinstance(checkpoint_every, int)
+                                         or checkpoint_every < 1 or checkpoint_dir is None):
+        raise ValueError(f"checkpoint_every must be a positive int and needs checkpoint_dir=, "
+                         f"got checkpoint_every={checkpoint_every!r}, "
+                         f"checkpoint_dir={checkpoint_dir!r}")
+    check_labels(model, train, eval)
     device = get_device(device)
     world_size, rank, _ = world()
     if world_size > 1:
@@ -277,10 +249,19 @@ def fit(model: nn.Module, train, eval=None, *, epochs: float = 1, lr: float = 1e
     bar = tqdm(total=total, desc="training", disable=not progress, leave=False)
     t_start = time.perf_counter()
     model.train()
+    point = checkpoint.restore(resume_from, run, total) if resume_from is not None else None
+    step, epoch = (point.step, point.epoch) if point else (0, 0)
+    state.step, state.epoch = step, epoch
+    bar.update(step)
     _call(callbacks, "on_train_begin", state)
-    step, epoch = 0, 0
-    while step < total:
-        for batch in train:
+    stopped = False
+    while step < total and not stopped:
+        if point is not None:        # resuming: this epoch's order, its first batches skipped
+            batches, epoch_state, in_epoch = point.batches(train)
+            point = None
+        else:
+            epoch_state, in_epoch, batches = checkpoint.epoch_rng(train), 0, iter(train)
+        for batch in batches:
             t0 = time.perf_counter()
             shown, counted = _train_step(run, batch, step)
             activations = counted if step == 0 else activations
@@ -295,8 +276,17 @@ def fit(model: nn.Module, train, eval=None, *, epochs: float = 1, lr: float = 1e
                             "lr": state.lr, "time": dt})
             bar.update(1)
             bar.set_postfix(loss=f"{state.loss:.4f}")
-            if step >= total:
+            in_epoch += 1
+            stopped = state.stop and step < total
+            if checkpoint_dir is not None and rank == 0 and step < total and (
+                    stopped or (checkpoint_every and step % checkpoint_every == 0)):
+                checkpoint.save(checkpoint_dir, run=run, step=step, epoch=epoch,
+                                in_epoch=in_epoch, total=total, epoch_state=epoch_state,
+                                loader=train)
+            if step >= total or stopped:
                 break
+        if stopped:
+            break
         epoch += 1
         state.epoch = epoch   # epochs completed, as in the evals rows
         if eval is not None and (eval_every_epoch or step >= total):
@@ -314,4 +304,4 @@ def fit(model: nn.Module, train, eval=None, *, epochs: float = 1, lr: float = 1e
                      step_time=measure.median_step_time(times),
                      train_time=time.perf_counter() - t_start,
                      memory=_memory(run, activations), device=str(device),
-                     world_size=world_size, precision=prec.name)
+                     world_size=world_size, precision=prec.name, stopped=stopped)
