@@ -387,3 +387,130 @@ def test_hf_peft_format_round_trips_both_ways(tiny_bert, tmp_path):
     mine = pl.load_adapter(copy.deepcopy(base), tmp_path / "theirs").eval()
     torch.testing.assert_close(mine(input_ids=x).logits, ref, atol=1e-5, rtol=0)
     assert set(ADA.rank_pattern(mine).values()) == {2}
+
+
+# --- models users bring: non-finite steps, the run length, merge, unload, half precision -------
+
+def _inf_grads(model):
+    for layer in ADA.layers(model).values():
+        for p in (layer.lora_P, layer.lora_lambda, layer.lora_Q):
+            p.grad = torch.full_like(p, float("inf"))
+
+
+def test_a_non_finite_step_does_not_poison_the_importance_scores(tiny_bert):
+    """A step with inf gradients (an fp16 overflow the loss scaler skips) followed by
+    after_step filled the EMAs with inf/NaN for good; now that step is not scored."""
+    cfg = _cfg(total_steps=12, tinit=1, tfinal=2)
+    ADA.apply(tiny_bert, cfg)
+    twin = copy.deepcopy(tiny_bert)
+    _train(tiny_bert, 3, _bert_loss)
+    _train(twin, 3, _bert_loss)
+    _inf_grads(tiny_bert)
+    pl.after_step(tiny_bert, 3)                  # the bad step: nothing scored, nothing masked
+    tiny_bert.zero_grad()
+    _train(tiny_bert, 3, _bert_loss, start=4)
+    _train(twin, 3, _bert_loss, start=4)
+    for (n, a), b in zip(ADA.layers(tiny_bert).items(), ADA.layers(twin).values()):
+        for key in ("ipt_P", "unc_P", "ipt_lambda", "unc_lambda", "ipt_Q", "unc_Q"):
+            assert torch.isfinite(getattr(a, key)).all(), (n, key)
+            torch.testing.assert_close(getattr(a, key), getattr(b, key), msg=f"{n}.{key}")
+        assert torch.equal(a.lora_mask, b.lora_mask)
+
+
+def test_fit_does_not_call_after_step_on_a_step_the_grad_scaler_skipped(tiny_bert, monkeypatch):
+    """fit(amp) with a GradScaler called after_step on skipped steps; a CPU GradScaler stands
+    in for the CUDA one here, and one step's loss is made infinite."""
+    real = torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler",
+                        lambda *a, **k: real("cpu", init_scale=2.0 ** 4, enabled=True))
+    cfg = _cfg(total_steps=6, tinit=1, tfinal=1)
+    ADA.apply(tiny_bert, cfg)
+    batches = [dict(input_ids=x, labels=y) for x, y in (_bert_batch(seed=s) for s in range(6))]
+    calls = []
+
+    def loss(model, batch):
+        calls.append(1)
+        out = pl.train.loss_fn(model, batch)
+        return out * float("inf") if len(calls) == 3 else out      # step 2 overflows
+    pl.train.fit(tiny_bert, batches, loss=loss, lr=1e-2, progress=False, max_grad_norm=None)
+    hist = torch.stack([m.rank_history for m in ADA.layers(tiny_bert).values()])
+    assert (hist[:, 2] == -1).all() and (hist[:, [0, 1, 3, 4, 5]] >= 0).all()
+    for m in ADA.layers(tiny_bert).values():
+        assert torch.isfinite(m.ipt_lambda).all() and torch.isfinite(m.unc_P).all()
+    assert sum(ADA.rank_pattern(tiny_bert).values()) == cfg.target_r * len(ADA.layers(tiny_bert))
+
+
+def test_final_mask_is_set_even_if_its_step_was_skipped(tiny_bert):
+    cfg = _cfg(total_steps=8, tinit=1, tfinal=2)                  # final mask at step 6
+    ADA.apply(tiny_bert, cfg)
+    _train(tiny_bert, 6, _bert_loss)                              # steps 0..5
+    _train(tiny_bert, 1, _bert_loss, start=7)                     # step 6 never reported
+    assert sum(ADA.rank_pattern(tiny_bert).values()) == cfg.target_r * len(ADA.layers(tiny_bert))
+
+
+def test_fit_refuses_a_run_too_short_for_the_schedule(tiny_bert):
+    """fit's step count was never checked against total_steps: the target budget was silently
+    never reached."""
+    ADA.apply(tiny_bert, _cfg(total_steps=100, tinit=5, tfinal=10))
+    before = {k: v.clone() for k, v in tiny_bert.state_dict().items()}
+    batches = [dict(input_ids=x, labels=y) for x, y in (_bert_batch(seed=s) for s in range(4))]
+    with pytest.raises(ValueError, match=r"total_steps=100 .* takes 8 steps"):
+        pl.train.fit(tiny_bert, batches, epochs=2, progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in tiny_bert.state_dict().items())
+    ADA.check_total_steps(tiny_bert, 91)                          # reaches step 90: fine
+    ADA.check_total_steps(tiny_bert, 500)                         # longer: the mask stays fixed
+
+
+def test_merge_unmerge_and_unload(tiny_bert, tiny_gpt2):
+    """measure said AdaLoRA could merge and it could not; now it can (Linear and Conv1D)."""
+    from peftlab import measure
+
+    for model, targets in ((tiny_bert, ["query", "value"]), (tiny_gpt2, ["c_attn", "c_fc"])):
+        base = {k: v.clone() for k, v in model.state_dict().items()}
+        ADA.apply(model, _cfg(targets=targets))
+        with torch.no_grad():
+            for layer in ADA.layers(model).values():
+                layer.lora_lambda.normal_()
+        x = _bert_batch(seed=1)[0]
+        want = model(input_ids=x).logits
+        never_merged = copy.deepcopy(model)
+        merge, unmerge = measure.merge_functions(model)
+        merge(model)
+        merge(model)                                             # twice: a no-op
+        assert all(m.merged for m in ADA.layers(model).values())
+        torch.testing.assert_close(model(input_ids=x).logits, want, atol=1e-5, rtol=0)
+        with pytest.raises(RuntimeError, match="unmerge"):
+            ADA.after_step(model, 0)
+        unmerge(model)
+        torch.testing.assert_close(model(input_ids=x).logits, want, atol=1e-5, rtol=0)
+        twin = copy.deepcopy(model)
+        ADA.unload(twin, merge=True)
+        assert pl.core.get_method(twin) is None and not any(
+            isinstance(m, ADA.SVDLinear) for m in twin.modules())
+        torch.testing.assert_close(twin(input_ids=x).logits, want, atol=1e-5, rtol=0)
+        ADA.unload(never_merged, merge=False)                   # the base, bit for bit
+        assert never_merged.state_dict().keys() == base.keys()
+        assert all(torch.equal(v, base[k]) for k, v in never_merged.state_dict().items())
+        ADA.unload(model, merge=False)                          # merged once: float rounding
+        for k, v in model.state_dict().items():
+            torch.testing.assert_close(v, base[k], atol=1e-6, rtol=0)
+
+
+def test_unload_without_merge_restores_the_trained_head(tiny_bert):
+    base = {k: v.clone() for k, v in tiny_bert.state_dict().items()}
+    ADA.apply(tiny_bert, _cfg())
+    _train(tiny_bert, 3, _bert_loss, lr=0.1)
+    assert not torch.equal(tiny_bert.classifier.weight, base["classifier.weight"])
+    ADA.unload(tiny_bert, merge=False)
+    assert all(torch.equal(v, base[k]) for k, v in tiny_bert.state_dict().items())
+
+
+def test_svd_adapter_is_fp32_on_a_bf16_base(tiny_bert):
+    tiny_bert.to(torch.bfloat16)
+    ADA.apply(tiny_bert, _cfg(targets=["query"]))
+    layer = next(iter(ADA.layers(tiny_bert).values()))
+    assert layer.lora_P.dtype == layer.lora_lambda.dtype == torch.float32
+    out = tiny_bert(input_ids=_bert_batch()[0]).logits
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert layer.lora_Q.grad.dtype == torch.float32

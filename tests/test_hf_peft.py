@@ -172,8 +172,6 @@ def _hf_folder(tiny_bert, tmp_path, **kw):
 @pytest.mark.parametrize("kw, match", [
     ({"r": 4, "use_dora": True}, "use_dora"),
     ({"r": 4, "bias": "lora_only"}, "bias='lora_only'"),
-    ({"r": 4, "rank_pattern": {"layer.1.attention.self.query": 2}}, "rank_pattern"),
-    ({"r": 4, "alpha_pattern": {"layer.1.attention.self.query": 2}}, "alpha_pattern"),
 ])
 def test_unsupported_hf_features_raise(tiny_bert, tmp_path, kw, match):
     folder = _hf_folder(tiny_bert, tmp_path, **kw)
@@ -181,6 +179,25 @@ def test_unsupported_hf_features_raise(tiny_bert, tmp_path, kw, match):
     with pytest.raises(AdapterError, match=match):
         pl.load_adapter(tiny_bert, folder)
     assert all(torch.equal(v, tiny_bert.state_dict()[k]) for k, v in snap.items())
+
+
+def test_peft_rank_and_alpha_pattern_load_with_the_same_logits(tiny_bert, tmp_path):
+    """peft's rank_pattern / alpha_pattern (suffix-matched keys) were refused; now each layer
+    gets its own rank and alpha, and both directions give peft's logits."""
+    hf = get_peft_model(copy.deepcopy(tiny_bert), HFLoraConfig(
+        r=4, lora_alpha=8, target_modules=["query", "value"],
+        rank_pattern={"layer.1.attention.self.query": 2}, alpha_pattern={"value": 3}))
+    perturb(hf)
+    hf.save_pretrained(tmp_path / "hf")
+    ids = ids_for(100)
+    ours = pl.load_adapter(copy.deepcopy(tiny_bert), tmp_path / "hf")
+    layers = pl.lora.lora_layers(ours)
+    assert layers["bert.encoder.layer.1.attention.self.query"].r == 2
+    assert layers["bert.encoder.layer.0.attention.self.value"].scale == 3 / 4
+    torch.testing.assert_close(logits(ours, ids), logits(hf, ids), atol=1e-5, rtol=0)
+    pl.save_adapter(ours, tmp_path / "ours", format="hf-peft")
+    back = PeftModel.from_pretrained(copy.deepcopy(tiny_bert), tmp_path / "ours")
+    torch.testing.assert_close(logits(back, ids), logits(hf, ids), atol=1e-5, rtol=0)
 
 
 def test_bad_hf_files(tiny_bert, tmp_path):

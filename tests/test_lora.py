@@ -397,3 +397,144 @@ def test_plots_draw_without_changing_the_model(tiny_bert):
     layer = tiny_bert.bert.encoder.layer[0].attention.self.query
     assert lora_plots.delta(pl.lora.delta_weight(layer)).axes
     assert lora_plots.loss_curves({"a": [{"loss": 1.0}] * 8, "b": [0.5] * 3}).axes[0].lines
+
+
+# --- models users bring: tied weights, heads, half precision, per-layer ranks ----------------
+
+def test_merge_of_a_tied_embedding_keeps_outputs_and_unmerge_reties(tiny_gpt2, tmp_path):
+    """LoRA on GPT-2's wte, whose matrix lm_head also reads: merging must not write the update
+    into the head (it did: logits moved by ~0.6 on this tiny model)."""
+    ids = torch.randint(0, 100, (2, 6))
+    wte = tiny_gpt2.transformer.wte.weight
+    pl.lora.apply(tiny_gpt2, LoraConfig(r=4, targets=["wte", "c_attn"]))
+    randomize_b(tiny_gpt2)
+    with torch.no_grad():
+        want = tiny_gpt2(input_ids=ids).logits
+    pl.lora.merge(tiny_gpt2)
+    layer = tiny_gpt2.transformer.wte
+    assert layer.merged and layer.untied and tiny_gpt2.lm_head.weight is wte
+    with torch.no_grad():
+        torch.testing.assert_close(tiny_gpt2(input_ids=ids).logits, want, atol=1e-5, rtol=0)
+    w0 = wte.clone()
+    pl.lora.unmerge(tiny_gpt2)
+    assert layer.base_layer.weight is wte is tiny_gpt2.lm_head.weight     # the tie is back
+    assert torch.equal(wte, w0)
+    pl.lora.unload(tiny_gpt2, merge=True)
+    assert tiny_gpt2.config.tie_word_embeddings is False
+    assert tiny_gpt2.transformer.wte.weight is not tiny_gpt2.lm_head.weight
+    assert torch.equal(tiny_gpt2.lm_head.weight, w0)                      # the head is the base's
+    with torch.no_grad():
+        torch.testing.assert_close(tiny_gpt2(input_ids=ids).logits, want, atol=1e-5, rtol=0)
+    tiny_gpt2.save_pretrained(tmp_path)                  # untied on disk too: same outputs back
+    again = type(tiny_gpt2).from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=ids).logits, want, atol=1e-5, rtol=0)
+
+
+def test_unload_without_merge_restores_trained_modules_to_save(tiny_bert):
+    """modules_to_save train the real head in place; unload(merge=False) must put the base
+    model's head back (HF PEFT keeps a copy of the original module for this)."""
+    base = snapshot(tiny_bert)
+    ids = torch.randint(0, 100, (4, 7))
+    pl.lora.apply(tiny_bert, LoraConfig(r=2, targets=["query"]))
+    opt = torch.optim.SGD([p for p in tiny_bert.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(3):
+        F.cross_entropy(tiny_bert(input_ids=ids).logits, torch.tensor([0, 1, 1, 0])).backward()
+        opt.step()
+        opt.zero_grad()
+    assert not torch.equal(tiny_bert.classifier.weight, base["classifier.weight"])
+    twin = copy.deepcopy(tiny_bert)
+    pl.lora.unload(tiny_bert, merge=False)
+    assert same_state(tiny_bert, base)                                    # bit for bit
+    pl.lora.unload(twin, merge=True)                                      # the trained head stays
+    assert not torch.equal(twin.classifier.weight, base["classifier.weight"])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_adapters_are_fp32_on_half_bases_and_outputs_keep_the_base_dtype(dtype):
+    """As HF PEFT: fp32 adapters on fp16/bf16 bases (GradScaler refuses fp16 gradients), the
+    update cast back so the layer returns the base dtype."""
+    torch.manual_seed(0)
+    model = TinyCNN().to(dtype)
+    pl.lora.apply(model, LoraConfig(r=2, targets=["conv", "fc", "emb"], modules_to_save=[]))
+    randomize_b(model)
+    for m in pl.lora.lora_layers(model).values():
+        assert all(p.dtype == torch.float32 for n, p in m.named_parameters() if "lora_" in n)
+        assert m.base_layer.weight.dtype == dtype
+    x = torch.randn(2, 3, 8, 8, dtype=dtype)
+    out = model(x)
+    assert out.dtype == dtype and model.emb(torch.tensor([[1, 2]])).dtype == dtype
+    scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    scaler.scale(out.float().sum()).backward()
+    assert model.fc.lora_A.weight.grad.dtype == torch.float32
+    scaler.unscale_(opt)                    # raised "Attempting to unscale FP16 gradients"
+    opt.zero_grad()
+    want = model(x).float()
+    pl.lora.merge(model)
+    torch.testing.assert_close(model(x).float(), want, atol=0.05, rtol=0.05)
+
+
+def test_embedding_max_norm_applies_to_the_adapted_rows():
+    """nn.Embedding(max_norm=...) renormalises looked-up rows; the LoRA path ignored it, so
+    merged and unmerged outputs differed and rows exceeded max_norm."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(12, 6, max_norm=1.0))
+    with torch.no_grad():
+        model[0].weight.mul_(0.3)                            # most rows below max_norm
+    pl.lora.apply(model, LoraConfig(r=2, targets=["0"], modules_to_save=[]))
+    with torch.no_grad():
+        model[0].lora_embedding_A.normal_()
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    out = model(ids)
+    assert (out.norm(dim=-1) <= 1.0 + 1e-5).all() and (out.norm(dim=-1) > 0.99).any()
+    pl.lora.merge(model)
+    torch.testing.assert_close(model(ids), out, atol=1e-5, rtol=0)
+
+
+def test_rank_and_alpha_pattern(tiny_bert, tmp_path):
+    cfg = LoraConfig(r=4, alpha=8, targets=["query", "value"],
+                     rank_pattern={"layer.1.attention.self.query": 2},
+                     alpha_pattern={"layer.1.attention.self.query": 6})
+    pl.lora.apply(tiny_bert, cfg)
+    q1 = tiny_bert.bert.encoder.layer[1].attention.self.query
+    q0 = tiny_bert.bert.encoder.layer[0].attention.self.query
+    assert (q1.r, q1.scale, q0.r, q0.scale) == (2, 3.0, 4, 2.0)
+    assert pl.lora.count_parameters(tiny_bert.__class__(tiny_bert.config), cfg) == 3 * 4 * 64 + 2 * 64
+    with pytest.raises(TargetError, match="'nowhere' matches no LoRA target"):
+        pl.lora.apply(copy.deepcopy(tiny_bert).__class__(tiny_bert.config),
+                      LoraConfig(r=2, targets=["query"], rank_pattern={"nowhere": 1}))
+    with pytest.raises(ValueError, match=r"rank_pattern\['q'\] must be a positive int"):
+        LoraConfig(rank_pattern={"q": 0})
+
+
+def test_lora_from_adalora_with_uneven_ranks_saves_and_loads(tiny_bert, tmp_path):
+    """AdaLoRA -> to_lora keeps different ranks per layer; save_adapter recorded one r and
+    load_adapter refused its own file (both formats)."""
+    from peft import PeftModel
+
+    fresh = copy.deepcopy(tiny_bert)
+    pl.adalora.apply(tiny_bert, pl.adalora.AdaLoraConfig(init_r=4, target_r=2,
+                                                         targets=["query", "value"],
+                                                         total_steps=10))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for i, layer in enumerate(pl.adalora.layers(tiny_bert).values()):
+            layer.lora_lambda.copy_(torch.randn(4, generator=g))
+            layer.lora_mask.copy_(torch.arange(4) <= i % 4)         # ranks 1, 2, 3, 4
+            layer.lora_lambda.masked_fill_(~layer.lora_mask, 0.0)
+    pl.adalora.to_lora(tiny_bert)
+    ranks = {n: m.r for n, m in pl.lora.lora_layers(tiny_bert).items()}
+    assert sorted(ranks.values()) == [1, 2, 3, 4]
+    ids = torch.randint(0, 100, (2, 7))
+    with torch.no_grad():
+        want = tiny_bert(input_ids=ids).logits
+    for fmt in ("peftlab", "hf-peft"):
+        pl.save_adapter(tiny_bert, tmp_path / fmt, format=fmt)
+        loaded = pl.load_adapter(copy.deepcopy(fresh), tmp_path / fmt)
+        assert {n: m.r for n, m in pl.lora.lora_layers(loaded).items()} == ranks
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(input_ids=ids).logits, want, atol=1e-6, rtol=0)
+    hf = PeftModel.from_pretrained(copy.deepcopy(fresh), tmp_path / "hf-peft").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=ids).logits, want, atol=1e-5, rtol=0)

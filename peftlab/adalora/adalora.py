@@ -43,16 +43,18 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from peftlab.core.layers import AdapterLayer, linear_dims
+from peftlab.core.layers import AdapterLayer, adapter_dtype, is_conv1d, linear_dims
 
 # --- the layer ---------------------------------------------------------------------------------
 
 class SVDLinear(AdapterLayer):
     """A frozen Linear plus scale * P diag(lambda) Q, with the allocator's state as buffers.
 
-    Parameters: lora_P (out, r), lora_lambda (r,), lora_Q (r, in).
+    Parameters: lora_P (out, r), lora_lambda (r,), lora_Q (r, in); fp32 on fp16 / bf16 bases
+    (the update is cast back to the base's dtype), else the base's dtype.
     Buffers: lora_mask (r,) bool, kept triplets; ipt_* / unc_* the importance EMAs, shaped like
     P, lambda, Q; rank_history (total_steps,) int32, rank after each step (-1: not yet).
+    merge() folds the update into the base weight (`merged` flag; merging twice is a no-op).
     """
 
     method = "adalora"
@@ -64,7 +66,8 @@ class SVDLinear(AdapterLayer):
         w = base_layer.weight
         self.in_features, self.out_features = linear_dims(base_layer)
         self.r, self.scale = r, alpha / r
-        kw = dict(device=w.device, dtype=w.dtype)
+        self.merged = False   # True while scale * P diag(lambda) Q sits inside the base weight
+        kw = dict(device=w.device, dtype=adapter_dtype(w))
         self.lora_P = nn.Parameter(torch.randn(self.out_features, r, **kw) * 0.02)  # (out, r)
         self.lora_lambda = nn.Parameter(torch.zeros(r, **kw))                      # (r,)
         self.lora_Q = nn.Parameter(torch.randn(r, self.in_features, **kw) * 0.02)   # (r, in)
@@ -80,8 +83,28 @@ class SVDLinear(AdapterLayer):
         """scale * P diag(lambda) Q, shape (out, in) like nn.Linear's weight."""
         return (self.lora_P * self.lora_lambda) @ self.lora_Q * self.scale
 
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W <- W + scale * P diag(lambda) Q (transposed for a Conv1D base). No-op if merged."""
+        if not self.merged:
+            self.base_layer.weight.add_(self._delta_for_merge())
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """W <- W - scale * P diag(lambda) Q. A no-op when not merged."""
+        if self.merged:
+            self.base_layer.weight.sub_(self._delta_for_merge())
+            self.merged = False
+
+    def _delta_for_merge(self) -> torch.Tensor:
+        d = self.delta_weight().float()
+        return (d.T if is_conv1d(self.base_layer) else d).to(self.base_layer.weight.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)                                     # (..., out)
+        if self.merged:
+            return out
         h = self.dropout(x).to(self.lora_Q.dtype) @ self.lora_Q.T    # (..., r)
         h = h * (self.lora_lambda * self.scale)                    # (..., r)
         return out + (h @ self.lora_P.T).to(out.dtype)               # (..., out)
@@ -92,7 +115,8 @@ class SVDLinear(AdapterLayer):
         return int(self.lora_mask.sum())
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, init_r={self.r}, rank={self.rank}"
+        return (f"in={self.in_features}, out={self.out_features}, init_r={self.r}, "
+                f"rank={self.rank}, merged={self.merged}")
 
 
 def orthogonality_penalty(P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
@@ -140,12 +164,19 @@ def _triples(layer) -> list[tuple[str, nn.Parameter]]:
 
 
 @torch.no_grad()
-def update_importance(layers: dict, beta1: float, beta2: float) -> None:
-    """Step 1: fold this step's |w * grad| into the EMA buffers of every layer."""
-    if all(p.grad is None for layer in layers.values() for _, p in _triples(layer)):
+def update_importance(layers: dict, beta1: float, beta2: float) -> bool:
+    """Step 1: fold this step's |w * grad| into the EMA buffers of every layer.
+
+    A step whose adapter gradients are not all finite (an fp16 overflow: the loss scaler
+    skipped that optimizer step) is skipped here too, so one bad step cannot fill the EMAs
+    with inf / NaN for good. Returns whether the EMAs were updated."""
+    grads = [p.grad for layer in layers.values() for _, p in _triples(layer) if p.grad is not None]
+    if not grads:
         raise RuntimeError(
             "AdaLoRA's after_step found no gradients on the adapter: call pl.after_step(model, "
             "step) after loss.backward() and optimizer.step(), before optimizer.zero_grad().")
+    if not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+        return False
     for layer in layers.values():
         for key, p in _triples(layer):
             if p.grad is None:        # the layer took no part in this forward pass
@@ -154,6 +185,7 @@ def update_importance(layers: dict, beta1: float, beta2: float) -> None:
             sens = (p * p.grad).abs().to(ipt.dtype)                 # I = |w * g|
             ipt.mul_(beta1).add_(sens, alpha=1 - beta1)             # I_bar
             unc.mul_(beta2).add_((sens - ipt).abs(), alpha=1 - beta2)   # U_bar
+    return True
 
 
 def triplet_scores(layer) -> torch.Tensor:
@@ -195,17 +227,23 @@ def allocate(layers: dict, config, step: int) -> None:
 
     Follows PEFT's update_and_allocate: score while t < T - tfinal and re-mask on the
     schedule; at t == T - tfinal mask to the final budget; later re-apply that fixed mask.
+    If the step T - tfinal was never seen (a loss scaler skipped it), the first later step
+    masks to the final budget instead. Steps with non-finite gradients do not score.
     """
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise ValueError(f"after_step needs the 0-based index of the step just taken "
                          f"(an int >= 0), got {step!r}.")
+    if any(layer.merged for layer in layers.values()):
+        raise RuntimeError("AdaLoRA is merged into the base weights: call "
+                           "pl.adalora.unmerge(model) before training on.")
     T, tf, n = config.total_steps, config.tfinal, len(layers)
+    first = next(iter(layers.values()))
     if step < T - tf:
-        update_importance(layers, config.beta1, config.beta2)
-        budget, mask_now = budget_schedule(config, step, n)
-        if mask_now:
-            mask_to_budget(layers, budget)
-    elif step == T - tf:
+        if update_importance(layers, config.beta1, config.beta2):
+            budget, mask_now = budget_schedule(config, step, n)
+            if mask_now:
+                mask_to_budget(layers, budget)
+    elif step == T - tf or int(first.rank_history[T - tf]) < 0:
         mask_to_budget(layers, config.target_r * n)
     else:
         for layer in layers.values():

@@ -49,6 +49,10 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _check(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     """Raise AdapterError listing what does not fit, before anything is copied."""
+    if any(layer.merged for layer in layers(model).values()):
+        raise AdapterError("The AdaLoRA adapter is merged into the base weights; loading new "
+                           "triplets now would make unmerge subtract the wrong update. Call "
+                           "pl.adalora.unmerge(model) first.")
     problems, expected = [], set()
     for name, layer in layers(model).items():
         keys = {k: f"{name}.{k}" for k in
@@ -129,7 +133,7 @@ def to_hf_peft(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
         "beta2": cfg.beta2, "orth_reg_weight": cfg.orth_reg_weight,
         "total_step": cfg.total_steps, "rank_pattern": pattern, "init_lora_weights": True,
         "layers_to_transform": None, "layers_pattern": None, "exclude_modules": None,
-        **HF_UNSUPPORTED})
+        "alpha_pattern": {}, **HF_UNSUPPORTED})
     return hf_cfg, hf_peft.add_prefix(tensors)
 
 

@@ -8,6 +8,8 @@
     pl.adalora.rank_pattern(model)     # {"...layer.0.attention.self.query": 5, ...}
     pl.adalora.history(model)          # steps, budget, ranks per matrix (for plots, widgets)
     pl.adalora.to_lora(model)          # plain LoRA layers of the final ranks
+    pl.adalora.merge(model); pl.adalora.unmerge(model)   # W <- W +- scale * P diag(lambda) Q
+    pl.adalora.unload(model, merge=True)                 # a plain model (merge=False: the base)
 
 The math (SVDLinear, the budget schedule, importance scores, the allocator) is in
 peftlab/adalora/adalora.py; this file is the surgery on a model and what the allocator did;
@@ -25,7 +27,16 @@ from torch import nn
 from peftlab.adalora.adalora import SVDLinear, allocate, budget_schedule, orthogonality_penalty
 from peftlab.core.heads import default_heads
 from peftlab.core.layers import LINEAR_TYPES
-from peftlab.core.state import ensure_plain, get_config, get_method, mark, unmark
+from peftlab.core.state import (
+    ensure_plain,
+    get_config,
+    get_method,
+    mark,
+    method_state,
+    restore,
+    snapshot,
+    unmark,
+)
 from peftlab.core.targets import (
     find_targets,
     freeze,
@@ -109,11 +120,13 @@ def apply(model: nn.Module, config: AdaLoraConfig | None = None) -> nn.Module:
                                    "an AdaLoRA")
     new = {n: SVDLinear(model.get_submodule(n), config.init_r, config.alpha, config.dropout,
                         config.total_steps) for n in names}
+    originals = snapshot(model, keep)
     freeze(model)
     for n, layer in new.items():
         replace_module(model, n, layer)
     unfreeze_modules(model, keep)
-    mark(model, "adalora", dataclasses.replace(config, modules_to_save=keep), names)
+    mark(model, "adalora", dataclasses.replace(config, modules_to_save=keep), names,
+         originals=originals)
     return model
 
 
@@ -134,6 +147,20 @@ def _config(model: nn.Module) -> AdaLoraConfig:
 def after_step(model: nn.Module, step: int) -> None:
     """Score importance from the step's gradients and re-allocate ranks (see the allocator)."""
     allocate(layers(model), _config(model), step)
+
+
+def check_total_steps(model: nn.Module, steps: int) -> None:
+    """Raise (before training) if a run of `steps` optimizer steps would never reach the final
+    budget: the mask is fixed at step total_steps - tfinal, which must be among them.
+    (pl.train.fit calls this; more steps than total_steps are fine: the mask stays fixed.)"""
+    cfg = _config(model)
+    if steps <= cfg.total_steps - cfg.tfinal:
+        raise ValueError(
+            f"AdaLoRA's schedule is laid out on total_steps={cfg.total_steps} (final budget "
+            f"fixed at step {cfg.total_steps - cfg.tfinal}), but this run takes {steps} steps, "
+            f"so the target budget (target_r={cfg.target_r}) would never be reached. Apply "
+            f"AdaLoRA with total_steps={steps} (and tinit + tfinal < {steps}), or train for "
+            f"{cfg.total_steps} steps.")
 
 
 def regularization(model: nn.Module) -> torch.Tensor:
@@ -189,10 +216,15 @@ def to_lora(model: nn.Module) -> nn.Module:
         LoRA alpha = AdaLoRA alpha * k / init_r, so the LoRA scale alpha / k is unchanged
 
     and B A = P diag(lambda) Q: the outputs stay the same. A matrix that kept no triplet
-    goes back to its plain base layer. The model is then marked as a "lora" model (the
-    recorded config has r = the largest final rank), so pl.lora.merge works on it.
+    goes back to its plain base layer. The model is then marked as a "lora" model whose
+    config has r = the largest final rank and the other ranks (and their alphas) in
+    rank_pattern / alpha_pattern, so pl.lora.merge, save_adapter and load_adapter (peftlab
+    and Hugging Face formats) work on it.
     """
     found, cfg = layers(model), _config(model)
+    if any(layer.merged for layer in found.values()):
+        raise ValueError("to_lora needs the unmerged AdaLoRA: call pl.adalora.unmerge(model).")
+    originals = method_state(model).originals
     new = {}
     for name, layer in found.items():
         slots = stored_slots(layer)
@@ -210,10 +242,45 @@ def to_lora(model: nn.Module) -> nn.Module:
         replace_module(model, name, module)
     kept = [n for n, m in new.items() if isinstance(m, LoraLayer)]
     r_max = max((new[n].r for n in kept), default=1)
-    lcfg = LoraConfig(r=r_max, alpha=cfg.alpha * r_max / cfg.init_r, dropout=cfg.dropout,
-                      targets=kept, modules_to_save=list(cfg.modules_to_save or []))
+    alpha = cfg.alpha * r_max / cfg.init_r
+    lcfg = LoraConfig(r=r_max, alpha=alpha, dropout=cfg.dropout,
+                      targets=kept, modules_to_save=list(cfg.modules_to_save or []),
+                      rank_pattern={n: new[n].r for n in kept if new[n].r != r_max},
+                      alpha_pattern={n: new[n].alpha for n in kept if new[n].alpha != alpha})
     unmark(model)
-    mark(model, "lora", lcfg, kept)
+    mark(model, "lora", lcfg, kept, originals=originals)
+    return model
+
+
+# --- merge / unload -------------------------------------------------------------------------------
+
+def merge(model: nn.Module) -> nn.Module:
+    """W <- W + scale * P diag(lambda) Q in every SVD layer (merging twice is a no-op): the
+    forward pass then skips the adapter. Unmerge before training on."""
+    for layer in layers(model).values():
+        layer.merge()
+    return model
+
+
+def unmerge(model: nn.Module) -> nn.Module:
+    """W <- W - scale * P diag(lambda) Q in every merged SVD layer (the base to float rounding)."""
+    for layer in layers(model).values():
+        layer.unmerge()
+    return model
+
+
+def unload(model: nn.Module, merge: bool = True) -> nn.Module:
+    """Replace each SVD layer by its base layer; returns a plain model. merge=True bakes the
+    update in (modules_to_save keep what they learned); merge=False throws the adapter away
+    and puts back the modules_to_save weights recorded at apply: the base model."""
+    found = layers(model)
+    for layer in found.values():
+        layer.merge() if merge else layer.unmerge()
+    if not merge:
+        restore(model)
+    for name, layer in found.items():
+        replace_module(model, name, layer.base_layer)
+    unmark(model)
     return model
 
 

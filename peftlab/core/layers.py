@@ -3,6 +3,7 @@ of transformers' Conv1D (GPT-2's linear layer: y = x @ W + b, W stored as (d_in,
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 try:  # GPT-2 style "linear" layers; without transformers there is nothing of that kind
@@ -29,3 +30,19 @@ class AdapterLayer(nn.Module):
     """Marker base class for every peftlab wrapper around a base layer (`self.base_layer`)."""
 
     method = "adapter"
+
+
+def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype of an adapter on a base weight: fp32 on fp16 / bf16 bases (as Hugging Face
+    PEFT does: small low-precision updates would round away, and torch's GradScaler refuses
+    fp16 gradients), the base's own dtype otherwise. Adapter outputs are cast back."""
+    return torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+
+
+def tied_parameter_ids(model: nn.Module) -> set[int]:
+    """ids of the parameters that more than one module holds (tied weights, e.g. GPT-2's
+    wte.weight and lm_head.weight)."""
+    seen: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        seen[id(p)] = seen.get(id(p), 0) + 1
+    return {i for i, n in seen.items() if n > 1}

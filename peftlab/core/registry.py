@@ -7,6 +7,8 @@ A method is a package (peftlab/lora/, ...) whose __init__ exposes:
     load_adapter_state(model, tensors)           optional; default: shape-checked copy
     prepare_load(model, config, tensors)         optional; default: apply(model, config)
     after_step(model, step)                      optional; default: nothing
+    check_total_steps(model, steps)              optional; raise if a run of `steps` steps
+                                                 cannot work (AdaLoRA's schedule)
     regularization(model) -> scalar tensor       optional; default: 0
     to_hf_peft(model) / from_hf_peft(cfg, tensors)   optional (Hugging Face PEFT format)
 
@@ -53,6 +55,15 @@ def after_step(model: nn.Module, step: int) -> None:
     hook = getattr(method_module(name), "after_step", None)
     if hook is not None:
         hook(model, step)
+
+
+def check_total_steps(model: nn.Module, steps: int) -> None:
+    """Raise ValueError before training if the model's method cannot work with a run of
+    `steps` optimizer steps (AdaLoRA: its schedule must reach the final budget)."""
+    name = get_method(model)
+    hook = getattr(method_module(name), "check_total_steps", None) if name else None
+    if hook is not None:
+        hook(model, steps)
 
 
 def regularization(model: nn.Module) -> torch.Tensor:

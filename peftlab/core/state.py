@@ -8,7 +8,9 @@
 `apply` stores a MethodState in `model.peftlab_state` (a plain attribute: it travels with
 copy.deepcopy, and state_dict() ignores it). Hooks a method registers are kept in the state
 and removed when the method is unloaded. Everything numeric (adapter weights, masks,
-importance scores) lives in the model's own parameters and buffers, not here.
+importance scores) lives in the model's own parameters and buffers, not here; the one
+exception is `originals`, CPU copies of the base weights a method trains in place
+(modules_to_save), kept so that unload(merge=False) can give the base model back.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from peftlab.core.errors import AlreadyAdaptedError
@@ -30,6 +33,9 @@ class MethodState:
     config: Any                   # the method's config dataclass (modules_to_save resolved)
     targets: list[str] = field(default_factory=list)   # resolved module names it adapted
     hooks: list = field(default_factory=list)           # RemovableHandles, removed on unload
+    # {parameter name: CPU copy taken at apply} of base weights trained in place
+    # (modules_to_save), restored by unload(merge=False); not part of the adapter
+    originals: dict = field(default_factory=dict)
 
     def remove_hooks(self) -> None:
         for handle in self.hooks:
@@ -70,14 +76,39 @@ def ensure_plain(model: nn.Module, method: str) -> None:
 
 
 def mark(model: nn.Module, method: str, config, targets: list[str] | None = None,
-         hooks: list | None = None) -> MethodState:
+         hooks: list | None = None, originals: dict | None = None) -> MethodState:
     """Record on the model which method it carries, with its config and resolved targets.
-    Marking again (e.g. after prefix.fold) keeps the hooks already recorded."""
+    Marking again (e.g. after prefix.fold) keeps the hooks and originals already recorded."""
     old = method_state(model)
-    kept = list(old.hooks) if old is not None and old.method == method else []
-    state = MethodState(method, config, list(targets or []), kept + list(hooks or []))
+    same = old is not None and old.method == method
+    kept = list(old.hooks) if same else []
+    if originals is None:
+        originals = dict(old.originals) if same else {}
+    state = MethodState(method, config, list(targets or []), kept + list(hooks or []),
+                        dict(originals))
     setattr(model, STATE_ATTR, state)
     return state
+
+
+def snapshot(model: nn.Module, modules) -> dict:
+    """{parameter name: detached CPU copy} of every parameter of the modules `modules` (the
+    modules_to_save a method trains in place), for restore() at unload(merge=False)."""
+    out = {}
+    for m in modules:
+        prefix = m + "." if m else ""
+        for n, p in model.get_submodule(m).named_parameters():
+            out[prefix + n] = p.detach().to("cpu", copy=True)
+    return out
+
+
+def restore(model: nn.Module) -> None:
+    """Copy the recorded originals back into the model's parameters, bit for bit."""
+    state = method_state(model)
+    if state is None:
+        return
+    with torch.no_grad():
+        for name, t in state.originals.items():
+            model.get_parameter(name).copy_(t)
 
 
 def unmark(model: nn.Module) -> None:

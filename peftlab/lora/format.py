@@ -7,6 +7,8 @@ layout the same names get the prefix "base_model.model." (see peftlab/io/hf_peft
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -50,22 +52,28 @@ def load_adapter_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> No
 
 # --- Hugging Face PEFT format ----------------------------------------------------------------------
 
-HF_UNSUPPORTED = {"use_dora": False, "lora_bias": False, "bias": "none", "alpha_pattern": {},
+HF_UNSUPPORTED = {"use_dora": False, "lora_bias": False, "bias": "none",
                   "layer_replication": None, "trainable_token_indices": None,
                   "target_parameters": None, "use_qalora": False, "alora_invocation_tokens": None}
 
 
 def to_hf_peft(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(adapter_config.json dict, tensors) in the layout peft.PeftModel.from_pretrained reads."""
+    """(adapter_config.json dict, tensors) in the layout peft.PeftModel.from_pretrained reads.
+
+    Per-layer ranks and alphas (AdaLoRA's to_lora) go to rank_pattern / alpha_pattern, keyed
+    by full module name, only where they differ from r / lora_alpha."""
     cfg: LoraConfig = get_config(model)
     layers = lora_layers(model)
+    rank_pattern = {n: m.r for n, m in layers.items() if m.r != cfg.r}
+    alpha_pattern = {n: m.alpha for n, m in layers.items() if m.alpha != cfg.alpha}
     hf_cfg = hf_peft.base_config(model, "LORA")
     hf_cfg.update({
         "r": cfg.r, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout,
         "use_rslora": cfg.rslora, "target_modules": sorted(layers),   # full names: exact match
         "modules_to_save": list(cfg.modules_to_save) or None,
         "fan_in_fan_out": any(is_conv1d(m.base_layer) for m in layers.values()),
-        "init_lora_weights": True, "rank_pattern": {}, "layers_to_transform": None,
+        "init_lora_weights": True, "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern,
+        "layers_to_transform": None,
         "layers_pattern": None, "exclude_modules": None,
         **HF_UNSUPPORTED})
     return hf_cfg, hf_peft.add_prefix(adapter_state_dict(model))
@@ -75,7 +83,9 @@ def from_hf_peft(hf_cfg: dict, tensors: dict[str, torch.Tensor]):
     """("lora", LoraConfig, tensors by our names) from a Hugging Face PEFT LoRA adapter.
 
     Targets and modules_to_save are read off the tensor names (exact), r / alpha / dropout /
-    rsLoRA off the config. Features peftlab's LoRA does not have raise AdapterError.
+    rsLoRA off the config; each layer's rank off its tensors and its alpha off alpha_pattern
+    (matched as peft does: the key is the full name or a suffix of it). Features peftlab's
+    LoRA does not have raise AdapterError.
     """
     for key, plain in HF_UNSUPPORTED.items():
         if hf_cfg.get(key) is not None and hf_cfg[key] != plain:
@@ -87,18 +97,21 @@ def from_hf_peft(hf_cfg: dict, tensors: dict[str, torch.Tensor]):
                     if ".lora_" not in k and ".base_layer." not in k})
     if not targets:
         raise AdapterError("The Hugging Face adapter holds no lora_A / lora_B tensors.")
-    r = int(hf_cfg.get("r", 8))
-    ranks = {k: t.shape[0] for k, t in tensors.items()
+    r, alpha = int(hf_cfg.get("r", 8)), float(hf_cfg.get("lora_alpha", 8))
+    ranks = {k.split(".lora_")[0]: int(t.shape[0]) for k, t in tensors.items()
              if k.endswith(("lora_A.weight", "lora_embedding_A"))}
-    odd = {k: v for k, v in ranks.items() if v != r}
-    if odd:
-        k = next(iter(odd))
-        raise AdapterError(f"{k} has rank {odd[k]} but the config says r={r} (a rank_pattern); "
-                           f"peftlab's LoRA uses one rank for all layers.")
+    alphas = {}
+    for name in targets:
+        hits = [k for k in hf_cfg.get("alpha_pattern") or {}
+                if re.match(rf"(.*\.)?({k})$", name)]
+        if hits:
+            alphas[name] = float(hf_cfg["alpha_pattern"][max(hits, key=len)])
     try:
-        config = LoraConfig(r=r, alpha=float(hf_cfg.get("lora_alpha", 8)),
+        config = LoraConfig(r=r, alpha=alpha,
                             dropout=float(hf_cfg.get("lora_dropout", 0.0)), targets=targets,
-                            modules_to_save=heads, rslora=bool(hf_cfg.get("use_rslora", False)))
+                            modules_to_save=heads, rslora=bool(hf_cfg.get("use_rslora", False)),
+                            rank_pattern={n: k for n, k in ranks.items() if k != r},
+                            alpha_pattern={n: a for n, a in alphas.items() if a != alpha})
     except ValueError as e:
         raise AdapterError(f"The Hugging Face adapter config is not valid for peftlab: {e}") from e
     return "lora", config, tensors

@@ -8,6 +8,9 @@
     LoraConv2d     nn.Conv2d (groups=1): A is a conv with the base's kernel, B a 1x1 conv
     LoraEmbedding  nn.Embedding: A, B are plain parameters, as in Hugging Face PEFT
 
+On fp16 / bf16 base layers A and B are kept in fp32 and the update is cast back to the
+base's dtype (as Hugging Face PEFT does); elsewhere they take the base's dtype.
+
 Parameter names and initialisation follow Hugging Face PEFT (lora_A / lora_B,
 lora_embedding_A / lora_embedding_B, the wrapped layer as `base_layer`), so state dicts
 map one to one and adapters trained here load there (and back) with identical outputs.
@@ -21,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftlab.core.layers import AdapterLayer, Conv1D, is_conv1d
+from peftlab.core.layers import AdapterLayer, Conv1D, adapter_dtype, is_conv1d
 
 SUPPORTED: tuple[type, ...] = tuple(t for t in (nn.Linear, nn.Conv2d, nn.Embedding, Conv1D) if t)
 
@@ -76,18 +79,41 @@ class LoraLayer(AdapterLayer):
         return self.delta_weight().to(w.dtype)
 
     @torch.no_grad()
-    def merge(self) -> None:
-        """W <- W + scale * B @ A; the forward pass then skips A and B. A no-op when merged."""
-        if not self.merged:
-            self.base_layer.weight.add_(self._delta_for_merge())
-            self.merged = True
+    def merge(self, untie: bool = False) -> None:
+        """W <- W + scale * B @ A; the forward pass then skips A and B. A no-op when merged.
+
+        untie=True (the base weight is tied to another module, e.g. GPT-2's wte and lm_head):
+        the layer gets its own merged copy W + scale * B @ A and the shared W is left as it
+        was, so the other module keeps reading the base weights; unmerge() puts the shared
+        tensor back (tie restored, bit for bit)."""
+        if self.merged:
+            return
+        w = self.base_layer.weight
+        if untie:
+            self.__dict__["_tied_weight"] = w     # a plain attribute: not registered twice
+            self.base_layer.weight = nn.Parameter(w.detach() + self._delta_for_merge(),
+                                                  requires_grad=False)
+        else:
+            w.add_(self._delta_for_merge())
+        self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """W <- W - scale * B @ A. A no-op when not merged."""
-        if self.merged:
+        """W <- W - scale * B @ A (or the tied tensor back after an untying merge). A no-op
+        when not merged."""
+        if not self.merged:
+            return
+        tied = self.__dict__.pop("_tied_weight", None)
+        if tied is not None:
+            self.base_layer.weight = tied
+        else:
             self.base_layer.weight.sub_(self._delta_for_merge())
-            self.merged = False
+        self.merged = False
+
+    @property
+    def untied(self) -> bool:
+        """True while merged into an own copy of a tied weight (see merge(untie=True))."""
+        return "_tied_weight" in self.__dict__
 
     def extra_repr(self) -> str:
         return f"r={self.r}, alpha={self.alpha}, scale={self.scale:g}, merged={self.merged}"
@@ -112,8 +138,9 @@ class LoraLinear(LoraLayer):
         self.fan_in_fan_out = is_conv1d(base_layer)
         w = base_layer.weight
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.lora_A = nn.Linear(d_in, r, bias=False, device=w.device, dtype=w.dtype)
-        self.lora_B = nn.Linear(r, d_out, bias=False, device=w.device, dtype=w.dtype)
+        dt = adapter_dtype(w)
+        self.lora_A = nn.Linear(d_in, r, bias=False, device=w.device, dtype=dt)
+        self.lora_B = nn.Linear(r, d_out, bias=False, device=w.device, dtype=dt)
         _kaiming(self.lora_A.weight)
         nn.init.zeros_(self.lora_B.weight)     # the update starts at exactly zero
 
@@ -122,7 +149,7 @@ class LoraLinear(LoraLayer):
         if self.merged:
             return y
         x = x.to(self.lora_A.weight.dtype)
-        return y + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scale
+        return y + (self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scale).to(y.dtype)
 
     def delta_weight(self) -> torch.Tensor:
         d = (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scale  # (d_out, d_in)
@@ -142,11 +169,11 @@ class LoraConv2d(LoraLayer):
         super().__init__(base_layer, r, alpha, rslora)
         b, w = base_layer, base_layer.weight
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        dt = adapter_dtype(w)
         self.lora_A = nn.Conv2d(b.in_channels, r, b.kernel_size, b.stride, b.padding, b.dilation,
                                 bias=False, padding_mode=b.padding_mode, device=w.device,
-                                dtype=w.dtype)
-        self.lora_B = nn.Conv2d(r, b.out_channels, 1, 1, bias=False, device=w.device,
-                                dtype=w.dtype)
+                                dtype=dt)
+        self.lora_B = nn.Conv2d(r, b.out_channels, 1, 1, bias=False, device=w.device, dtype=dt)
         _kaiming(self.lora_A.weight)
         nn.init.zeros_(self.lora_B.weight)
 
@@ -155,7 +182,7 @@ class LoraConv2d(LoraLayer):
         if self.merged:
             return y
         x = x.to(self.lora_A.weight.dtype)
-        return y + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scale
+        return y + (self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scale).to(y.dtype)
 
     def delta_weight(self) -> torch.Tensor:
         b = self.lora_B.weight.float()[:, :, 0, 0]                   # (C_out, r)
@@ -169,24 +196,38 @@ class LoraEmbedding(LoraLayer):
     (num_embeddings, r) embedding table. delta_weight = scale * (B @ A).T, (num_embeddings, dim).
     Following HF PEFT, A starts at zero and B normal (the reverse of Linear: a zero A still
     lets B get gradients), and there is no dropout (the inputs are token ids).
+
+    max_norm (the base renormalises looked-up rows to norm <= max_norm): it applies to the
+    adapted rows W[ids] + delta[ids], exactly what the merged layer looks up, so merged and
+    unmerged outputs agree. (HF PEFT renormalises the rows of A instead.) As in the base
+    layer, a merged lookup then renormalises those rows of W in place.
     """
 
     def __init__(self, base_layer: nn.Embedding, r: int, alpha: float, rslora: bool = False):
         super().__init__(base_layer, r, alpha, rslora)
         w = base_layer.weight
         n, dim = base_layer.num_embeddings, base_layer.embedding_dim
-        self.lora_embedding_A = nn.Parameter(torch.zeros(r, n, device=w.device, dtype=w.dtype))
-        self.lora_embedding_B = nn.Parameter(torch.empty(dim, r, device=w.device, dtype=w.dtype))
+        dt = adapter_dtype(w)
+        self.lora_embedding_A = nn.Parameter(torch.zeros(r, n, device=w.device, dtype=dt))
+        self.lora_embedding_B = nn.Parameter(torch.empty(dim, r, device=w.device, dtype=dt))
         nn.init.normal_(self.lora_embedding_B)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(ids)                                    # (..., dim)
-        if self.merged:
-            return y
         b = self.base_layer
+        if self.merged:
+            return b(ids)
+        if b.max_norm is None:
+            y = b(ids)                                              # (..., dim)
+        else:                        # look up without the in-place renorm; renorm the sum below
+            y = F.embedding(ids, b.weight, b.padding_idx, None, b.norm_type,
+                            b.scale_grad_by_freq, b.sparse)
         after_a = F.embedding(ids, self.lora_embedding_A.T, padding_idx=b.padding_idx,
                               scale_grad_by_freq=b.scale_grad_by_freq, sparse=b.sparse)  # (..., r)
-        return y + (after_a @ self.lora_embedding_B.T) * self.scale
+        out = y + ((after_a @ self.lora_embedding_B.T) * self.scale).to(y.dtype)
+        if b.max_norm is not None:   # as torch.embedding_renorm_: rows above max_norm scaled down
+            norm = out.norm(p=b.norm_type, dim=-1, keepdim=True)
+            out = out * torch.where(norm > b.max_norm, b.max_norm / (norm + 1e-7), 1.0)
+        return out
 
     def delta_weight(self) -> torch.Tensor:
         d = self.lora_embedding_B.float() @ self.lora_embedding_A.float()          # (dim, n)

@@ -14,6 +14,13 @@ scale * B @ A into W for zero-overhead inference, unmerge() takes it out again.
     pl.lora.merge(model)               # W <- W + scale * B @ A   (merge twice: no-op)
     pl.lora.unmerge(model)             # W <- W - scale * B @ A
     pl.lora.unload(model)              # merged, plain model: the wrappers are gone
+    pl.lora.unload(model, merge=False) # the base model back, bit for bit (heads included)
+
+Tied weights (LoRA on GPT-2's wte, whose matrix lm_head also reads): merge() gives the
+merged layer its own copy W + scale * B @ A and leaves the shared W to the other module, so
+merged outputs equal unmerged ones; unmerge() restores the tie. unload(merge=True) keeps
+the untied copy and sets model.config.tie_word_embeddings = False, so that save_pretrained /
+from_pretrained do not tie the two matrices again.
 
 The layers (nn.Linear, nn.Conv2d, nn.Embedding, transformers' Conv1D) are the math, in
 peftlab/lora/lora.py; this file is the surgery on a model; saving and the Hugging Face PEFT
@@ -31,7 +38,8 @@ from torch import nn
 
 from peftlab.core.errors import TargetError
 from peftlab.core.heads import default_heads
-from peftlab.core.state import ensure_plain, mark, unmark
+from peftlab.core.layers import tied_parameter_ids
+from peftlab.core.state import ensure_plain, mark, restore, snapshot, unmark
 from peftlab.core.targets import (
     find_targets,
     freeze,
@@ -62,6 +70,10 @@ class LoraConfig:
     # None = the model's classification head if it has one (never tied LM output embeddings)
     modules_to_save: list[str] | None = None
     rslora: bool = False           # scale = alpha / sqrt(r): keeps updates from fading at high r
+    # per-module rank / alpha, {name or name suffix: value} (as HF PEFT's rank_pattern and
+    # alpha_pattern); modules not listed use r / alpha. AdaLoRA's to_lora writes these.
+    rank_pattern: dict = field(default_factory=dict)
+    alpha_pattern: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
@@ -76,10 +88,36 @@ class LoraConfig:
             self.targets = [self.targets]
         if isinstance(self.modules_to_save, str):
             self.modules_to_save = [self.modules_to_save]
+        for name, pattern in (("rank_pattern", self.rank_pattern),
+                              ("alpha_pattern", self.alpha_pattern)):
+            if not isinstance(pattern, dict):
+                raise ValueError(f"LoraConfig.{name} must be a dict {{module name: value}}, "
+                                 f"got {pattern!r}.")
+        for k, v in self.rank_pattern.items():
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"LoraConfig.rank_pattern[{k!r}] must be a positive int, "
+                                 f"got {v!r}.")
+        for k, v in self.alpha_pattern.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ValueError(f"LoraConfig.alpha_pattern[{k!r}] must be a positive number, "
+                                 f"got {v!r}.")
 
     @property
     def scale(self) -> float:
         return lora_scale(self.alpha, self.r, self.rslora)
+
+    def rank_of(self, name: str) -> int:
+        """The rank of module `name`: rank_pattern's most specific matching key, else r."""
+        return _lookup(self.rank_pattern, name, self.r)
+
+    def alpha_of(self, name: str) -> float:
+        return _lookup(self.alpha_pattern, name, self.alpha)
+
+
+def _lookup(pattern: dict, name: str, default):
+    """pattern[key] for the longest key equal to `name` or a suffix of it at a dot boundary."""
+    hits = [k for k in pattern if name == k or name.endswith("." + k)]
+    return pattern[max(hits, key=len)] if hits else default
 
 
 # --- planning: everything is validated here, before the model changes -------------------------
@@ -97,12 +135,18 @@ def plan(model: nn.Module, config: LoraConfig) -> tuple[list[tuple[str, nn.Modul
         if isinstance(module, nn.Conv2d) and module.groups != 1:
             raise TargetError(f"LoRA supports Conv2d with groups=1 only; {name} has groups="
                               f"{module.groups}. Leave it out of the targets.")
-        limit = max_rank(module)
-        if config.r > limit:
-            raise ValueError(f"r={config.r} is larger than {name} ({type(module).__name__}) allows: "
+        limit, r = max_rank(module), config.rank_of(name)
+        if r > limit:
+            raise ValueError(f"r={r} is larger than {name} ({type(module).__name__}) allows: "
                              f"its update has rank at most {limit}. Use r <= {limit}, or "
                              f"leave {name} out of the targets.")
-        rows.append((name, module, LoraLayer.count(module, config.r)))
+        rows.append((name, module, LoraLayer.count(module, r)))
+    unused = [k for k in {**config.rank_pattern, **config.alpha_pattern}
+              if not any(n == k or n.endswith("." + k) for n in names)]
+    if unused:
+        raise TargetError(f"rank_pattern / alpha_pattern key {unused[0]!r} matches no LoRA "
+                          f"target; the targets are {', '.join(names[:6])}"
+                          f"{' ...' if len(names) > 6 else ''}.")
     heads = resolve_modules_to_save(model, names, config.modules_to_save, default_heads(model),
                                     "a LoRA")
     return rows, heads
@@ -124,8 +168,8 @@ def count_parameters(model: nn.Module, config: LoraConfig,
 
 # --- apply / merge / unmerge / unload -------------------------------------------------------
 
-def _wrap(module: nn.Module, config: LoraConfig) -> LoraLayer:
-    kw = {"r": config.r, "alpha": config.alpha, "rslora": config.rslora}
+def _wrap(name: str, module: nn.Module, config: LoraConfig) -> LoraLayer:
+    kw = {"r": config.rank_of(name), "alpha": config.alpha_of(name), "rslora": config.rslora}
     if isinstance(module, nn.Embedding):
         return LoraEmbedding(module, **kw)
     if isinstance(module, nn.Conv2d):
@@ -143,12 +187,14 @@ def apply(model: nn.Module, config: LoraConfig | None = None) -> nn.Module:
         raise TypeError(f"pl.lora.apply needs a LoraConfig, got {type(config).__name__}.")
     ensure_plain(model, "lora")
     rows, heads = plan(model, config)
-    layers = {name: _wrap(module, config) for name, module, _ in rows}   # model untouched so far
+    layers = {name: _wrap(name, module, config) for name, module, _ in rows}  # model untouched
+    originals = snapshot(model, heads)
     freeze(model)
     for name, layer in layers.items():
         replace_module(model, name, layer)
     unfreeze_modules(model, heads)
-    mark(model, "lora", dataclasses.replace(config, modules_to_save=heads), list(layers))
+    mark(model, "lora", dataclasses.replace(config, modules_to_save=heads), list(layers),
+         originals=originals)
     return model
 
 
@@ -168,10 +214,14 @@ def _layers_or_raise(model: nn.Module, what: str) -> dict[str, LoraLayer]:
 def merge(model: nn.Module, unload: bool = False) -> nn.Module:
     """W <- W + scale * B @ A in every LoRA layer (already merged layers are skipped).
 
+    A layer whose base weight is tied to another module gets its own merged copy (see the
+    module docstring), so merged outputs equal unmerged ones.
     unload=True also removes the wrappers: a plain model with the update baked in.
     """
-    for layer in _layers_or_raise(model, "merge").values():
-        layer.merge()
+    layers = _layers_or_raise(model, "merge")
+    tied = tied_parameter_ids(model)
+    for layer in layers.values():
+        layer.merge(untie=id(layer.base_layer.weight) in tied)
     return _unload(model) if unload else model
 
 
@@ -183,14 +233,35 @@ def unmerge(model: nn.Module) -> nn.Module:
 
 
 def unload(model: nn.Module, merge: bool = True) -> nn.Module:
-    """Replace each LoRA layer by its base layer; merge=True bakes the update in first,
-    merge=False throws the adapter away (the base model comes back). Returns a plain model."""
+    """Replace each LoRA layer by its base layer; returns a plain model.
+
+    merge=True bakes the update in (modules_to_save keep what they learned): the fine-tuned
+    model. merge=False throws the adapter away and puts back the modules_to_save weights
+    recorded at apply: the base model, bit for bit (unmerging a merged layer subtracts the
+    update again, equal to the base up to float rounding)."""
     layers = _layers_or_raise(model, "unload")
+    if merge:
+        tied = tied_parameter_ids(model)
+        for layer in layers.values():
+            layer.merge(untie=id(layer.base_layer.weight) in tied)
+        if any(layer.untied for layer in layers.values()):
+            _untie_config(model)
+    else:
+        for layer in layers.values():
+            layer.unmerge()
+        restore(model)
     for name, layer in layers.items():
-        layer.merge() if merge else layer.unmerge()
+        layer.__dict__.pop("_tied_weight", None)
         replace_module(model, name, layer.base_layer)
     unmark(model)
     return model
+
+
+def _untie_config(model: nn.Module) -> None:
+    """The merged model has its own input and output matrices now: say so in its config."""
+    cfg = getattr(model, "config", None)
+    if cfg is not None and getattr(cfg, "tie_word_embeddings", False):
+        cfg.tie_word_embeddings = False
 
 
 # --- looking inside ------------------------------------------------------------------------------

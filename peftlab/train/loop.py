@@ -49,7 +49,7 @@ from torch import nn
 
 from peftlab import measure
 from peftlab.core.batches import loss_fn, to_device
-from peftlab.core.registry import after_step, regularization
+from peftlab.core.registry import after_step, check_total_steps, regularization
 from peftlab.runtime import get_device, seed_everything
 from peftlab.train.batches import as_loader, check_labels, evaluate
 from peftlab.train.distributed import init_distributed, shard, world
@@ -144,10 +144,14 @@ def _train_step(run: _Run, batch, step: int) -> tuple[torch.Tensor, int]:
     if run.max_grad_norm:
         run.scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(run.params, run.max_grad_norm)
+    scale = run.scaler.get_scale() if run.scaler.is_enabled() else None
     run.scaler.step(opt)
     run.scaler.update()
     run.scheduler.step()
-    after_step(model, step)   # step: 0-based index of the step just taken
+    # a loss scaler that found inf/NaN gradients skipped the step (and lowered its scale):
+    # then there is no step for after_step (AdaLoRA's importance scores) to look at
+    if scale is None or run.scaler.get_scale() >= scale:
+        after_step(model, step)   # step: 0-based index of the step just taken
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     shown = task_loss.detach().float()
@@ -230,6 +234,7 @@ def fit(model: nn.Module, train, eval=None, *, epochs: float = 1, lr: float = 1e
     opt = _make_optimizer(optimizer, params, lr, weight_decay)
     total = math.ceil(len(train) * epochs)
     total = min(total, max_steps) if max_steps else total
+    check_total_steps(model, total)   # e.g. AdaLoRA's schedule must fit in the run
     n_warm = int(warmup * total) if isinstance(warmup, float) else int(warmup)
     run = _Run(model=model, net=net, params=params, optimizer=opt,
                scheduler=torch.optim.lr_scheduler.LambdaLR(opt, _schedule(schedule, total,
