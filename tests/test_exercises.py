@@ -122,3 +122,20 @@ def test_conv_delta_reference_is_the_kernel_of_the_lora_layer():
         merged = torch.nn.functional.conv2d(x, base.weight + layer.delta_weight(), base.bias,
                                             padding=1)
         assert torch.allclose(merged, layer(x), atol=1e-5)
+
+
+def test_expected_numbers_agree_with_independent_counts():
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "notebooks" / "solutions"))
+    import expected_numbers as ex
+
+    assert ex.layer_params() == ex.layer_params_by_hand()
+    r, count, budget = ex.largest_rank_under_qv_budget()
+    assert count < budget and ex.lora_count(384, 384, 8) == 6144
+    six_per_rank = 6 * (4 * (384 + 384) + 2 * (384 + 1536))        # one rank on six maps x 6 blocks
+    assert r == (budget - 1) // six_per_rank
+    name, n = ex.largest_conv_lora(r=4)
+    import peftlab as pl
+    model = pl.models.vision_classifier(5)
+    pl.lora.apply(model, pl.lora.LoraConfig(r=4, alpha=8, targets=[name]))
+    assert n == sum(p.numel() for k, p in model.named_parameters() if "lora_" in k)
+    assert ex.llama_qv_lora(r=4) == 2 * (4 * (64 + 64) + 4 * (64 + 32)) + 64 * 2

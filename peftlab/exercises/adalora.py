@@ -53,7 +53,7 @@ def _svd_case(seed: int = 8, d_in: int = 7, d_out: int = 5, r: int = 4) -> SVDLi
 
 
 def check_triplet_scores(fn: Callable, quiet: bool = False) -> CheckResult:
-    """fn(layer) -> (r,) scores of an AdaLoRA layer's triplets (Zhang et al., ICLR 2023, eq. 9):
+    """fn(layer) -> (r,) scores of an AdaLoRA layer's triplets (Zhang et al., ICLR 2023, section 3.2):
 
         s(w) = ipt * unc  (smoothed sensitivity times its uncertainty, buffers of the layer)
         S_i  = s(lambda_i) + mean_j s(P[j, i]) + mean_j s(Q[i, j])
