@@ -2,7 +2,9 @@
 
 Run from the repository root:  python data/make_sentiment_contrast.py
 It rewrites data/sentiment_contrast/{train,validation,test}.csv byte for byte the same
-on every run (fixed seed, sorted vocabularies, no hash-order dependence).
+on every run (fixed seed, sorted vocabularies, no hash-order dependence). Columns: text,
+label, category (the sentence's construction, see the templates below; the category column
+was added later without changing any sentence, label or split).
 
 Why this task: a sentence's sentiment is decided by *structure*, not by which words it
 contains. "The soup was not great" and "I expected the soup to be bland, but it was great"
@@ -49,28 +51,32 @@ NOUN_TRAIN = [
 NOUN_TEST = ["stadium", "sandwich", "documentary", "guide", "festival", "novel", "bakery",
              "train ride", "tour", "seminar"]
 
-# --- templates: (text pattern, how the label follows from the adjectives) ----------------
+# --- templates: (text pattern, how the label follows from the adjectives, construction) ---
 # {n}, {m}: nouns; {a}: the adjective that decides; {b}: a distractor of the OTHER polarity.
 # kind "same": label = polarity of {a};  kind "flip": label = opposite of polarity of {a}.
+# construction (the `category` column): "plain" (the adjective decides as it stands),
+# "negation" (a negated adjective), "contrast" (a distractor clause, then the deciding one),
+# "expectation reversal" (an expectation or hearsay, then what it really was). A sentence
+# from a held-out template gets " (held-out template)" after its construction.
 TRAIN_TEMPLATES = [
-    ("the {n} was {a}.", "same"),
-    ("the {n} was {a} and the {m} was too.", "same"),
-    ("the {n} was not {a}.", "flip"),
-    ("the {n} was not {a} at all.", "flip"),
-    ("i did not think the {n} was {a}.", "flip"),
-    ("the {n} was never {a}.", "flip"),
-    ("the {n} was {b}, but the {m} was {a}.", "same"),
-    ("i expected the {n} to be {b}, but it was {a}.", "same"),
-    ("although the {n} was {b}, the {m} was {a}.", "same"),
-    ("the {n} was {b} at first, but in the end it was {a}.", "same"),
-    ("the {n} was not {b}, it was {a}.", "same"),
-    ("people say the {n} is {b}, but it is actually {a}.", "same"),
+    ("the {n} was {a}.", "same", "plain"),
+    ("the {n} was {a} and the {m} was too.", "same", "plain"),
+    ("the {n} was not {a}.", "flip", "negation"),
+    ("the {n} was not {a} at all.", "flip", "negation"),
+    ("i did not think the {n} was {a}.", "flip", "negation"),
+    ("the {n} was never {a}.", "flip", "negation"),
+    ("the {n} was {b}, but the {m} was {a}.", "same", "contrast"),
+    ("i expected the {n} to be {b}, but it was {a}.", "same", "expectation reversal"),
+    ("although the {n} was {b}, the {m} was {a}.", "same", "contrast"),
+    ("the {n} was {b} at first, but in the end it was {a}.", "same", "contrast"),
+    ("the {n} was not {b}, it was {a}.", "same", "contrast"),
+    ("people say the {n} is {b}, but it is actually {a}.", "same", "expectation reversal"),
 ]
 TEST_TEMPLATES = TRAIN_TEMPLATES + [
-    ("honestly, the {n} was not {a}.", "flip"),
-    ("i would not call the {n} {a}.", "flip"),
-    ("the {n} seemed {b}, yet it turned out {a}.", "same"),
-    ("despite a {b} {m}, the {n} was {a}.", "same"),
+    ("honestly, the {n} was not {a}.", "flip", "negation"),
+    ("i would not call the {n} {a}.", "flip", "negation"),
+    ("the {n} seemed {b}, yet it turned out {a}.", "same", "expectation reversal"),
+    ("despite a {b} {m}, the {n} was {a}.", "same", "contrast"),
 ]
 HELD_OUT_TEMPLATES = TEST_TEMPLATES[len(TRAIN_TEMPLATES):]
 
@@ -90,8 +96,12 @@ def _sentence(rng: random.Random, template: str, kind: str, pos: list[str], neg:
     return text, label
 
 
+HELD_OUT = " (held-out template)"
+CATEGORIES = ["plain", "negation", "contrast", "expectation reversal"]
+
+
 def make_split(name: str, rng: random.Random, exclude: set[str] = frozenset()
-               ) -> list[tuple[str, int]]:
+               ) -> list[tuple[str, int, str]]:
     if name == "test":
         pos, neg, nouns = POS_ADJ_TEST, NEG_ADJ_TEST, NOUN_TEST
         # half of the test set on held-out templates, half on the training templates
@@ -99,16 +109,17 @@ def make_split(name: str, rng: random.Random, exclude: set[str] = frozenset()
     else:
         pos, neg, nouns = POS_ADJ_TRAIN, NEG_ADJ_TRAIN, NOUN_TRAIN
         templates = [TRAIN_TEMPLATES]
-    rows: list[tuple[str, int]] = []
+    rows: list[tuple[str, int, str]] = []
     seen: set[str] = set()
     while len(rows) < SIZES[name]:
         group = templates[len(rows) % len(templates)]
-        template, kind = rng.choice(group)
+        template, kind, construction = rng.choice(group)
         text, label = _sentence(rng, template, kind, pos, neg, nouns)
         if text in seen or text in exclude:
             continue
         seen.add(text)
-        rows.append((text, label))
+        held_out = group is HELD_OUT_TEMPLATES
+        rows.append((text, label, construction + (HELD_OUT if held_out else "")))
     return rows
 
 
@@ -116,14 +127,14 @@ def main() -> None:
     rng = random.Random(SEED)
     OUT.mkdir(parents=True, exist_ok=True)
     splits = {"train": make_split("train", rng)}
-    splits["validation"] = make_split("validation", rng, {t for t, _ in splits["train"]})
+    splits["validation"] = make_split("validation", rng, {t for t, _, _ in splits["train"]})
     splits["test"] = make_split("test", rng)
     for name, rows in splits.items():
         with open(OUT / f"{name}.csv", "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f, lineterminator="\n")
-            w.writerow(["text", "label"])
+            w.writerow(["text", "label", "category"])
             w.writerows(rows)
-        n_pos = sum(label for _, label in rows)
+        n_pos = sum(label for _, label, _ in rows)
         print(f"{name:<11} {len(rows):5d} rows, {n_pos / len(rows):.1%} positive")
 
 
