@@ -55,6 +55,54 @@ def test_generator_is_deterministic(tmp_path):
     assert before == after
 
 
+# sha256 of each split's file as it was before the `category` column was added (issue 14):
+# the sentences, labels and splits must stay exactly these, only the column is new.
+TEXT_LABEL_SHA256 = {
+    "train": "990a76b9af86ee0a0fbe2ee4536bf3304cf08b0fb2e39fa075cb99f3f6abeda7",
+    "validation": "adb5a1f92dc839134bde816ad398182e2e5bba86d754062e729d4d981b56b563",
+    "test": "16bb579071413b81bc825f27cceb06f4f019cfef79bb824162b871fea0afc8da",
+}
+
+
+def _split_rows(split):
+    import csv
+    with open(ROOT / "data/sentiment_contrast" / f"{split}.csv", newline="",
+              encoding="utf-8") as f:
+        return list(csv.reader(f))
+
+
+def test_category_column_added_without_changing_sentences_labels_or_splits():
+    import csv
+    import hashlib
+    import io
+    for split, digest in TEXT_LABEL_SHA256.items():
+        rows = _split_rows(split)
+        assert rows[0] == ["text", "label", "category"]
+        buf = io.StringIO(newline="")
+        csv.writer(buf, lineterminator="\n").writerows(r[:2] for r in rows)
+        assert hashlib.sha256(buf.getvalue().encode()).hexdigest() == digest, split
+
+
+def test_categories_follow_the_templates():
+    sys.path.insert(0, str(ROOT / "data"))
+    import make_sentiment_contrast as gen
+    held = gen.HELD_OUT
+    kinds = {split: {r[2] for r in _split_rows(split)[1:]} for split in TEXT_LABEL_SHA256}
+    assert kinds["train"] == kinds["validation"] == set(gen.CATEGORIES)     # no held-out there
+    assert kinds["test"] == set(gen.CATEGORIES) | {c + held for c in gen.CATEGORIES[1:]}
+    rows = _split_rows("test")[1:]
+    assert sum(r[2].endswith(held) for r in rows) == len(rows) // 2  # half on held-out templates
+    for text, _, cat in rows:                  # spot checks of the construction
+        t = text.lower()
+        if t.startswith(("i would not call", "honestly,")):
+            assert cat == "negation" + held
+        if t.startswith("i expected"):
+            assert cat == "expectation reversal"
+        if t.startswith("despite"):
+            assert cat == "contrast" + held
+    assert load_dataset().test.texts == [r[0] for r in rows]   # the loader reads the same file
+
+
 def test_loader_batches(embedded):
     _, tok = embedded
     ds = load_dataset()
