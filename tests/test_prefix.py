@@ -57,7 +57,7 @@ def check_padding_invariance(model, token_level: bool):
 
 CONFIGS = [pl.prefix.PrefixConfig(num_virtual_tokens=P),
            pl.prefix.PrefixConfig(num_virtual_tokens=P, projection_hidden=16),
-           pl.prefix.PromptConfig(num_virtual_tokens=P)]
+           pl.prefix.PromptConfig(num_virtual_tokens=P, init="normal")]
 IDS_CFG = ["prefix", "prefix-mlp", "prompt"]
 
 
@@ -468,3 +468,120 @@ def test_insert_prompt_places_the_prompt_and_opens_the_mask():
     assert out.shape == (2, 5, 2) and torch.equal(out[:, 1:3], z.expand(2, -1, -1))
     assert torch.equal(out[:, 0], x[:, 0]) and torch.equal(out[:, 3:], x[:, 1:])
     assert m.tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
+
+
+# --- models users bring: static caches, 4-D masks, vocab init, heads, attention switches ------
+
+def _llama_lm():
+    import transformers as tf
+
+    torch.manual_seed(0)
+    return tf.LlamaForCausalLM(tf.LlamaConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=1,
+        eos_token_id=2)).eval()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("method", ["prefix", "prompt"])
+def test_static_cache_generation_equals_uncached(arch, method):
+    """generate(cache_implementation="static") failed with prompt tuning (the cache generate
+    sizes has no room for the prompt, and the 4-D mask it builds was not extended)."""
+    model = gpt2_lm() if arch == "gpt2" else _llama_lm()
+    config = pl.prefix.PrefixConfig(P) if method == "prefix" else \
+        pl.prefix.PromptConfig(P, init="normal")
+    pl.prefix.apply(model, config)
+    ids = torch.tensor([[3, 4, 5, 6], [0, 0, 7, 8]])               # left padding
+    mask = (ids != 0).long()
+    kw = {"attention_mask": mask, "max_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
+    want = model.generate(ids, use_cache=False, **kw)
+    assert torch.equal(model.generate(ids, cache_implementation="static", **kw), want)
+    assert torch.equal(model.generate(ids, **kw), want)
+
+
+def _mask_4d(mask2d, causal):
+    """The (B, 1, T, T) bool mask equivalent to a 2-D padding mask (and causal)."""
+    T = mask2d.shape[1]
+    m = mask2d.bool()[:, None, None, :].expand(-1, 1, T, T)
+    return m & torch.ones(T, T, dtype=torch.bool).tril() if causal else m
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_prompt_extends_4d_masks_like_2d_ones(tiny_bert, arch):
+    """A 4-D mask reaches the model unchanged by the prompt hook (a shape error or a wrong
+    mask); it must give what the 2-D mask gives."""
+    model = tiny_bert if arch == "bert" else gpt2_cls()
+    ids = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 7, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():                                     # the model itself agrees
+        want = model(input_ids=ids, attention_mask=mask).logits
+        torch.testing.assert_close(model(input_ids=ids, attention_mask=_mask_4d(
+            mask, arch == "gpt2")).logits, want, atol=1e-5, rtol=0)
+    pl.prefix.apply(model, pl.prefix.PromptConfig(P, init="normal"))
+    for four_d in (_mask_4d(mask, arch == "gpt2"),
+                   torch.where(_mask_4d(mask, arch == "gpt2"), 0.0, torch.finfo(torch.float32).min)):
+        with torch.no_grad():
+            torch.testing.assert_close(model(input_ids=ids, attention_mask=four_d).logits,
+                                       model(input_ids=ids, attention_mask=mask).logits,
+                                       atol=1e-5, rtol=0)
+
+
+def test_vocab_init_draws_distinct_frequent_words(embedded):
+    """init="vocab" drew ids below 5000, which in BERT's WordPiece vocabulary are [PAD],
+    [unusedN] and single characters; now the first 5,000 word tokens (Lester et al.)."""
+    from peftlab.prompt.surgery import vocab_candidates
+
+    model, tok = embedded
+    cands = vocab_candidates(model, tok)
+    words = tok.convert_ids_to_tokens(cands.tolist())
+    assert len(cands) == 5000 and words[0] == "the"
+    assert not set(cands.tolist()) & set(tok.all_special_ids)
+    assert all(len(w.replace("##", "")) > 1 and not w.startswith("[") for w in words)
+    pl.prefix.apply(model, pl.prefix.PromptConfig(20, init="vocab", seed=3), tokenizer=tok)
+    emb = model.get_input_embeddings().weight
+    rows = [int(torch.nonzero((emb == r).all(dim=1))[0]) for r in model.prompt_encoder.weight]
+    assert len(set(rows)) == 20 and set(rows) <= set(cands.tolist())
+    with pytest.warns(UserWarning, match="without tokenizer="):
+        pl.prefix.apply(gpt2_lm(), pl.prefix.PromptConfig(4))
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt"])
+def test_unload_puts_back_the_trained_head(tiny_bert, method):
+    before = state(tiny_bert)
+    config = pl.prefix.PrefixConfig(P) if method == "prefix" else \
+        pl.prefix.PromptConfig(P, init="normal")
+    pl.prefix.apply(tiny_bert, config)
+    with torch.no_grad():
+        tiny_bert.classifier.weight.add_(1.0)                 # as training would
+    pl.prefix.unload(tiny_bert)
+    assert same_state(tiny_bert.state_dict(), before)
+
+
+def test_prefix_survives_set_attn_implementation(tiny_bert):
+    """After apply, model.set_attn_implementation(...) silently dropped the prefix."""
+    ids = torch.tensor([[1, 5, 7, 2], [1, 9, 2, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        base = tiny_bert(input_ids=ids, attention_mask=mask).logits
+    pl.prefix.apply(tiny_bert, pl.prefix.PrefixConfig(P))
+    with torch.no_grad():
+        want = tiny_bert(input_ids=ids, attention_mask=mask).logits
+        assert not torch.allclose(want, base)
+        for impl in ("eager", "sdpa"):
+            tiny_bert.set_attn_implementation(impl)
+            got = tiny_bert(input_ids=ids, attention_mask=mask).logits
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    tiny_bert.config._attn_implementation_internal = "flex_attention"
+    with pytest.raises(ValueError, match="cannot take a prefix"):
+        tiny_bert(input_ids=ids)
+
+
+def test_prompt_and_prefix_are_fp32_on_a_bf16_base(tiny_bert):
+    for config in (pl.prefix.PrefixConfig(P), pl.prefix.PromptConfig(P, init="normal")):
+        model = copy.deepcopy(tiny_bert).to(torch.bfloat16)
+        pl.prefix.apply(model, config)
+        assert all(p.dtype == torch.float32 for n, p in model.named_parameters()
+                   if n.startswith(("prefix_encoder", "prompt_encoder")))
+        out = model(input_ids=IDS, attention_mask=MASK).logits
+        assert out.dtype == torch.bfloat16
+        out.float().sum().backward()

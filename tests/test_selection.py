@@ -359,3 +359,112 @@ def test_plots_draw_from_scores_and_masks(tiny_bert):
         assert fig.axes
     mods, blocks, chosen, total = plots.grid(rows["row"])
     assert blocks == [0, 1] and chosen.sum() <= total.sum()
+
+
+# --- models users bring: BatchNorm, Conv1D rows, unload, half precision ----------------------
+
+class BNNet(torch.nn.Module):
+    """A small CNN with BatchNorm2d, then BatchNorm1d before the head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.hidden = torch.nn.Linear(4, 6)
+        self.bn1 = torch.nn.BatchNorm1d(6)
+        self.fc = torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x))).mean((2, 3))
+        return self.fc(torch.relu(self.bn1(self.hidden(h))))
+
+
+def bn_batches(n=2, bs=4):
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randn(bs, 3, 6, 6, generator=g), torch.randint(0, 3, (bs,), generator=g))
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("per_example", [False, True])
+def test_scoring_leaves_batchnorm_statistics_and_modes_alone(per_example):
+    """Scoring runs in training mode, which updated BatchNorm's running statistics (the
+    docstring says it only reads the model); per-example scoring crashed on BatchNorm1d."""
+    torch.manual_seed(0)
+    model = BNNet().eval()
+    model.bn1.train()                                         # a mixed mode, kept as it was
+    before = state_of(model)
+    scores = sel.compute_scores(model, bn_batches(), per_example=per_example)
+    assert_same_state(model, before)
+    assert not model.training and model.bn1.training and not model.bn.training
+    assert all(torch.isfinite(s).all() for s in scores.values())
+    sel.apply(model, sel.SelectionConfig(fraction=0.2, per_example=per_example),
+              batches=bn_batches())
+    for bn in ("bn", "bn1"):                                  # apply scores: still untouched
+        for k in ("running_mean", "running_var", "num_batches_tracked"):
+            assert torch.equal(getattr(getattr(model, bn), k), before[f"{bn}.{k}"])
+
+
+def test_per_example_fisher_with_batchnorm_uses_running_statistics():
+    """Per example, BatchNorm normalises with its running statistics: the mean squared
+    gradient of single examples through the model in eval mode."""
+    torch.manual_seed(0)
+    model = BNNet()
+    with torch.no_grad():
+        model.bn1.running_mean.normal_()
+        model.bn1.running_var.uniform_(0.5, 2.0)
+    batches = bn_batches(1, bs=3)
+    scores = sel.compute_scores(model, batches, per_example=True)
+    ref = copy.deepcopy(model).eval()
+    params = dict(ref.named_parameters())
+    acc = {n: torch.zeros_like(p) for n, p in params.items()}
+    x, y = batches[0]
+    for i in range(3):
+        gs = torch.autograd.grad(F.cross_entropy(ref(x[i:i + 1]), y[i:i + 1]), list(params.values()))
+        for n, gr in zip(params, gs):
+            acc[n] += gr.square() / 3
+    for n in params:
+        torch.testing.assert_close(scores[n], acc[n], msg=n)
+
+
+def test_row_granularity_ranks_output_neurons_of_conv1d(tiny_gpt2):
+    """GPT-2's Conv1D stores W as (d_in, d_out): "row" (an output neuron's incoming weights)
+    is a column there. Every output neuron must get its share."""
+    scores = {n: torch.rand(p.shape, generator=torch.Generator().manual_seed(0))
+              for n, p in tiny_gpt2.named_parameters()}
+    cfg = sel.SelectionConfig(count=4000, granularity="row", targets=["c_fc"],
+                              modules_to_save=[])
+    sel.apply(tiny_gpt2, cfg, scores=scores)
+    masks = sel.masks_of(tiny_gpt2)
+    w = masks["transformer.h.0.mlp.c_fc.weight"]              # (32 in, 128 out)
+    rows = 2 * (128 + 1)                                      # weight columns + bias per layer
+    per_row = 4000 // rows
+    assert (w.sum(dim=0) >= per_row).all()                    # per output neuron
+    s = scores["transformer.h.0.mlp.c_fc.weight"]
+    for o in range(0, 128, 17):                               # the best inputs of each neuron
+        col, chosen = s[:, o], w[:, o]
+        if 0 < chosen.sum() < 32:
+            assert col[chosen].min() >= col[~chosen].max()
+
+
+def test_unload_gives_the_base_back_bit_for_bit(tiny_bert):
+    before = state_of(tiny_bert)
+    cfg = sel.SelectionConfig(fraction=0.05)
+    sel.apply(tiny_bert, cfg, batches=bert_batches())
+    train_steps(tiny_bert, bert_batches(), steps=3)
+    assert not torch.equal(tiny_bert.classifier.weight, before["classifier.weight"])
+    twin = copy.deepcopy(tiny_bert)
+    sel.unload(tiny_bert)
+    assert pl.core.get_method(tiny_bert) is None
+    assert_same_state(tiny_bert, before)
+    sel.unload(twin, merge=True)                               # = merge: the trained model
+    assert not torch.equal(twin.classifier.weight, before["classifier.weight"])
+
+
+def test_sparse_values_are_fp32_on_a_bf16_base(tiny_bert):
+    tiny_bert.to(torch.bfloat16)
+    sel.apply(tiny_bert, sel.SelectionConfig(fraction=0.05, per_example=False),
+              batches=bert_batches(1))
+    deltas = sel.sparse_layers(tiny_bert)
+    assert deltas and all(d.values.dtype == torch.float32 for d in deltas.values())
+    out = tiny_bert(**inputs(bert_batches(1)[0])).logits
+    assert out.dtype == torch.bfloat16

@@ -33,7 +33,17 @@ from torch import nn
 
 from peftlab.core.heads import default_heads
 from peftlab.core.hf import attn_implementation, check_num_virtual_tokens
-from peftlab.core.state import ensure_plain, eval_mode, get_config, get_method, mark, unmark
+from peftlab.core.layers import adapter_dtype
+from peftlab.core.state import (
+    ensure_plain,
+    eval_mode,
+    get_config,
+    get_method,
+    mark,
+    restore,
+    snapshot,
+    unmark,
+)
 from peftlab.core.targets import find_targets, freeze, unfreeze_modules
 from peftlab.prefix.prefix import PrefixEncoder
 from peftlab.prefix.wiring import (
@@ -107,12 +117,14 @@ def apply(model: nn.Module, config: PrefixConfig | PromptConfig | None = None, t
     _, Hkv, _, D = calls[0][1]
     p = next(model.parameters())
     encoder = PrefixEncoder(len(calls), Hkv, config.num_virtual_tokens, D,
-                            config.projection_hidden, config.init_std).to(p.device, p.dtype)
+                            config.projection_hidden, config.init_std).to(p.device,
+                                                                          adapter_dtype(p))
     if config.init == "text":
         with torch.no_grad():
             kv = text_activations(model, tokenizer, config.init_text, config.num_virtual_tokens)
             encoder.key.copy_(kv[:, 0])
             encoder.value.copy_(kv[:, 1])
+    originals = snapshot(model, heads)
     register(model)
     freeze(model)
     model.add_module("prefix_encoder", encoder)
@@ -121,7 +133,7 @@ def apply(model: nn.Module, config: PrefixConfig | PromptConfig | None = None, t
     model.config._attn_implementation_internal = ATTN_PREFIX + model.config._attn_implementation
     unfreeze_modules(model, heads)
     hook = model.register_forward_pre_hook(ensure_registered, with_kwargs=True)
-    mark(model, "prefix", config, heads, hooks=[hook])
+    mark(model, "prefix", config, heads, hooks=[hook], originals=originals)
     return model
 
 
@@ -180,8 +192,8 @@ def attention_to_prefix(model: nn.Module, tokenizer, text: str) -> dict:
 
 def unload(model: nn.Module) -> nn.Module:
     """Take the prefix out: the encoder, the attention modules' slots and the hook go, the
-    attention implementation comes back, and the model is the plain base model again (its
-    modules_to_save keep what they learned). Returns the model."""
+    attention implementation comes back, and the modules_to_save weights recorded at apply
+    are put back: the plain base model, bit for bit. Returns the model."""
     if get_method(model) == "prompt":
         return prompt.unload(model)
     if get_method(model) != "prefix":
@@ -190,6 +202,7 @@ def unload(model: nn.Module) -> nn.Module:
         if isinstance(getattr(m, "peftlab_prefix", None), PrefixSlot):
             del m.peftlab_prefix
     del model.prefix_encoder
+    restore(model)
     impl = model.config._attn_implementation
     if impl.startswith(ATTN_PREFIX):
         model.config._attn_implementation_internal = impl[len(ATTN_PREFIX):]

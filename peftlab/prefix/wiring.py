@@ -120,9 +120,20 @@ def release(model: nn.Module) -> None:
 
 
 def ensure_registered(model: nn.Module, args, kwargs):
-    """Forward pre-hook of a prefix model: make sure its attention functions exist."""
+    """Forward pre-hook of a prefix model: make sure its attention functions exist, and that
+    the model still calls them: after model.set_attn_implementation("eager" / "sdpa") the
+    prefix follows the new kernel; another implementation raises instead of silently
+    dropping the prefix."""
     if not all(is_registered(ATTN_PREFIX + base) for base in BASES):
         register(model)
+    impl = model.config._attn_implementation
+    if impl.startswith(ATTN_PREFIX):
+        return
+    if impl not in BASES:
+        raise ValueError(f"This model carries a peftlab prefix, but its attention "
+                         f"implementation was set to {impl!r}, which cannot take a prefix; "
+                         f"call model.set_attn_implementation('sdpa') (or 'eager').")
+    model.config._attn_implementation_internal = ATTN_PREFIX + impl
 
 
 # --- finding the attention layers: one probing forward pass --------------------------------

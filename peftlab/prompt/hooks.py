@@ -10,7 +10,10 @@
 
 Placeholders rather than inputs_embeds keep every model feature that reads input_ids working.
 In cached generation the prompt is in the cache after the first step; later steps only extend
-the mask and shift position ids. A `pending` flag on the PromptEmbedding tells the embedding
+the mask and shift position ids. A static cache (generate(cache_implementation="static"))
+is sized by generate for the caller's tokens: the first step grows its layers by P before
+they allocate. Masks may be 2-D (B, T) or 4-D (B, 1|H, Tq, Tk) (bool or additive float, what
+generate builds for a static cache): extend_mask_4d adds the prompt's rows and columns. A `pending` flag on the PromptEmbedding tells the embedding
 hook that this forward pass inserted placeholders (a cached step and a direct call of the
 embedding layer did not).
 """
@@ -30,6 +33,58 @@ def _cache_length(kw: dict) -> int:
     return cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
 
 
+def _cache(kw: dict):
+    return kw.get("cache", kw.get("past_key_values"))
+
+
+def _static_layers(cache) -> list:
+    from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
+
+    return [layer for layer in getattr(cache, "layers", [])
+            if isinstance(layer, StaticLayer) and not isinstance(layer, StaticSlidingWindowLayer)]
+
+
+def grow_static_cache(cache, P: int) -> None:
+    """Give every full-attention static layer of `cache` P more slots, before it allocates."""
+    for layer in _static_layers(cache):
+        if layer.is_initialized:
+            raise ValueError("This static cache was allocated before the prompt was added "
+                             "(it has no room for the prompt's positions); pass a fresh "
+                             "cache, or let generate() create it.")
+        layer.max_cache_len += P
+
+
+def extend_mask_4d(mask: torch.Tensor, P: int, s: int, causal: bool,
+                   first: bool) -> torch.Tensor:
+    """A 4-D attention mask (B, 1|H, Tq, Tk), bool (True = attend) or additive float, with the
+    prompt's P key columns inserted at `s` (visible to every query, as prompt_mask does) and,
+    on the first pass (the prompt's queries are in it), its P query rows: a prompt position
+    sees the prompt causally in a decoder (all of it in an encoder) and the real keys that the
+    token before it sees (in a decoder that is those before `s`; none when s = 0)."""
+    yes = torch.ones((), dtype=torch.bool) if mask.dtype == torch.bool else \
+        torch.zeros((), dtype=mask.dtype)
+    no = torch.zeros((), dtype=torch.bool) if mask.dtype == torch.bool else \
+        torch.tensor(torch.finfo(mask.dtype).min, dtype=mask.dtype)
+    yes, no = yes.to(mask.device), no.to(mask.device)
+    lead, Tq = mask.shape[:2], mask.shape[2]
+    cols = yes.expand(*lead, Tq, P)
+    out = torch.cat([mask[..., :s], cols, mask[..., s:]], dim=-1)          # (B, h, Tq, Tk + P)
+    if not first:
+        return out
+    Tk = out.shape[-1]
+    i = torch.arange(P, device=mask.device)[:, None]
+    j = torch.arange(P, device=mask.device)[None, :]
+    to_prompt = torch.where((j <= i) if causal else torch.ones_like(j <= i), yes, no)  # (P, P)
+    if causal and s == 0:
+        to_real = no.expand(*lead, P, Tk - P)
+    else:
+        row = max(s - 1, 0)
+        to_real = out[..., row:row + 1, :].expand(*lead, P, Tk)
+        to_real = torch.cat([to_real[..., :s], to_real[..., s + P:]], dim=-1)
+    rows = torch.cat([to_real[..., :s], to_prompt.expand(*lead, P, P), to_real[..., s:]], dim=-1)
+    return torch.cat([out[..., :s, :], rows, out[..., s:, :]], dim=-2)   # (B, h, Tq + P, Tk + P)
+
+
 def before_model(pe: PromptEmbedding, model: nn.Module, args, kwargs):
     """Forward pre-hook (with kwargs): make room for the prompt in every sequence input."""
     kw = inspect.signature(model.forward).bind_partial(*args, **kwargs).arguments
@@ -37,10 +92,19 @@ def before_model(pe: PromptEmbedding, model: nn.Module, args, kwargs):
     P, s = pe.num_virtual_tokens, pe.start
     ids, embeds, mask = kw.get("input_ids"), kw.get("inputs_embeds"), kw.get("attention_mask")
     B, T = (ids if ids is not None else embeds).shape[:2]
+    cached = _cache_length(kw) > 0      # a cached generation step: the prompt is in the cache
+    if not cached and _cache(kw) is not None:
+        grow_static_cache(_cache(kw), P)
     if mask is not None and mask.ndim == 2:
         kw["attention_mask"] = prompt_mask(mask, P, s)
+    elif mask is not None and mask.ndim == 4:
+        mask = extend_mask_4d(mask, P, s, pe.causal, first=not cached)
+        # a static cache's mask spans the whole (grown) cache: generate pads it to that size,
+        # so after a cached step's P new columns its last P (unfilled slots) go again
+        sizes = [layer.max_cache_len for layer in _static_layers(_cache(kw))]
+        kw["attention_mask"] = mask[..., :max(sizes)] if sizes else mask
     pos = kw.get("position_ids")
-    if _cache_length(kw) > 0:           # a cached generation step: the prompt is in the cache
+    if cached:
         if pos is not None:
             kw["position_ids"] = pos + P
         pe.pending = False

@@ -54,11 +54,12 @@ def insert_prompt(embeddings: torch.Tensor, prompt: torch.Tensor, mask: torch.Te
 class PromptEmbedding(nn.Module):
     """The trainable prompt `weight` (P, E) and where it goes (`start`: 0 or 1)."""
 
-    def __init__(self, weight: torch.Tensor, start: int, placeholder: int):
+    def __init__(self, weight: torch.Tensor, start: int, placeholder: int, causal: bool = False):
         super().__init__()
         self.weight = nn.Parameter(weight)
         self.start = start               # insertion index in the sequence
         self.placeholder = placeholder   # token id that holds the prompt's place in input_ids
+        self.causal = causal             # a decoder: the prompt's own queries attend causally
         self.pending = False             # placeholders were inserted; the embedding hook swaps
         self.expected_len: int | None = None   # T + P of the forward pass in progress
 

@@ -22,6 +22,8 @@ Hugging Face PEFT format is in peftlab/prompt/format.py.
 from __future__ import annotations
 
 import functools
+import re
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +31,16 @@ from torch import nn
 
 from peftlab.core.heads import default_heads
 from peftlab.core.hf import attn_implementation, check_num_virtual_tokens, check_supported
-from peftlab.core.state import ensure_plain, eval_mode, get_method, mark, unmark
+from peftlab.core.layers import adapter_dtype
+from peftlab.core.state import (
+    ensure_plain,
+    eval_mode,
+    get_method,
+    mark,
+    restore,
+    snapshot,
+    unmark,
+)
 from peftlab.core.targets import find_targets, freeze, unfreeze_modules
 from peftlab.prompt.hooks import after_embedding, after_model, before_model
 from peftlab.prompt.prompt import PromptEmbedding
@@ -39,7 +50,8 @@ from peftlab.prompt.prompt import PromptEmbedding
 class PromptConfig:
     method = "prompt"
     num_virtual_tokens: int = 10     # P: prompt length; Lester et al. find 20-100 best on T5
-    init: str = "vocab"              # "vocab": embeddings of P random vocabulary tokens;
+    init: str = "vocab"              # "vocab": embeddings of P distinct tokens drawn from the
+    # 5,000 most frequent words (Lester et al.; see vocab_candidates, pass tokenizer=);
     # "text": embeddings of init_text's tokens (cycled to P); "normal": N(0, 1) (HF "RANDOM")
     init_text: str | None = None     # e.g. "Classify the sentiment:" (needs apply(..., tokenizer=))
     position: str = "auto"           # "auto": after the first token for encoders (keeps [CLS]
@@ -64,6 +76,46 @@ def _is_causal(model: nn.Module) -> bool:
         bool(getattr(model.config, "is_decoder", False))
 
 
+VOCAB_TOP = 5000   # Lester et al. sample the prompt from the 5,000 most common tokens
+_PLACEHOLDER = re.compile(r"\[.*\]|<.*>")          # [PAD], [unused12], <|endoftext|>, <unk>
+_MARKERS = ("##", "\u0120", "\u2581")             # WordPiece "##", GPT-2 "Ġ", SentencePiece "▁"
+
+
+def vocab_candidates(model: nn.Module, tokenizer=None) -> torch.Tensor:
+    """Token ids init="vocab" draws from: the first VOCAB_TOP word tokens in id order.
+
+    Vocabularies are stored roughly by frequency (WordPiece after its specials and single
+    characters, BPE in merge order, SentencePiece by score), so the first word tokens are the
+    most frequent ones. With a tokenizer, special tokens, placeholders ([unusedN], <...>) and
+    tokens of one character (after removing the word markers ##, Ġ, ▁) or without a letter are
+    skipped. Without one, ids below VOCAB_TOP minus the config's special ids (in a WordPiece
+    vocabulary those include [unusedN] and single characters: pass tokenizer=)."""
+    n = model.get_input_embeddings().weight.shape[0]
+    if tokenizer is None:
+        cfg = model.config
+        special = {getattr(cfg, f"{k}_token_id", None) for k in
+                   ("pad", "bos", "eos", "sep", "cls", "unk", "mask", "decoder_start")}
+        return torch.tensor([i for i in range(min(n, VOCAB_TOP)) if i not in special])
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    n = min(n, len(tokenizer))
+    tokens = tokenizer.convert_ids_to_tokens(list(range(n)))
+    out = []
+    for i, tok in enumerate(tokens):
+        if i in special or not isinstance(tok, str) or _PLACEHOLDER.fullmatch(tok):
+            continue
+        word = tok
+        for m in _MARKERS:
+            word = word.replace(m, "")
+        if len(word) > 1 and any(c.isalpha() for c in word):
+            out.append(i)
+            if len(out) == VOCAB_TOP:
+                break
+    if not out:
+        raise ValueError("PromptConfig(init='vocab') found no word tokens in the tokenizer's "
+                         "vocabulary; use init='normal' or init='text'.")
+    return torch.tensor(out)
+
+
 def _init_weight(model, config: PromptConfig, tokenizer) -> torch.Tensor:
     emb = model.get_input_embeddings().weight.detach()
     P = config.num_virtual_tokens
@@ -71,8 +123,15 @@ def _init_weight(model, config: PromptConfig, tokenizer) -> torch.Tensor:
     if config.init == "normal":
         return torch.randn(P, emb.shape[1], generator=g).to(emb.device, emb.dtype)
     if config.init == "vocab":
-        rows = torch.randint(0, min(emb.shape[0], 5000), (P,), generator=g)
-        return emb[rows.to(emb.device)].clone()
+        if tokenizer is None:
+            warnings.warn("PromptConfig(init='vocab') without tokenizer=: the prompt is drawn "
+                          "from ids below 5,000 (not the 5,000 most frequent words, e.g. "
+                          "[unusedN] and single characters in a WordPiece vocabulary). Pass "
+                          "tokenizer= to pl.prefix.apply.", stacklevel=4)
+        cands = vocab_candidates(model, tokenizer)
+        pick = torch.randperm(len(cands), generator=g)[:P] if P <= len(cands) else \
+            torch.randint(0, len(cands), (P,), generator=g)       # distinct when possible
+        return emb[cands[pick].to(emb.device)].clone()
     if tokenizer is None:
         raise ValueError("PromptConfig(init='text') needs the tokenizer: "
                          "pl.prefix.apply(model, config, tokenizer=tokenizer).")
@@ -98,7 +157,9 @@ def apply(model: nn.Module, config: PromptConfig, tokenizer=None) -> nn.Module:
         ("start" if causal else "after_first")
     pad = getattr(model.config, "pad_token_id", None)
     placeholder = 1 if pad == 0 else 0
-    pe = PromptEmbedding(weight, 0 if position == "start" else 1, placeholder)
+    pe = PromptEmbedding(weight.to(adapter_dtype(weight)), 0 if position == "start" else 1,
+                         placeholder, causal)
+    originals = snapshot(model, heads)
     freeze(model)
     model.add_module("prompt_encoder", pe)
     emb = model.get_input_embeddings()
@@ -106,16 +167,17 @@ def apply(model: nn.Module, config: PromptConfig, tokenizer=None) -> nn.Module:
              emb.register_forward_hook(functools.partial(after_embedding, pe)),
              model.register_forward_hook(functools.partial(after_model, pe), with_kwargs=True)]
     unfreeze_modules(model, heads)
-    mark(model, "prompt", config, heads, hooks=hooks)
+    mark(model, "prompt", config, heads, hooks=hooks, originals=originals)
     return model
 
 
 def unload(model: nn.Module) -> nn.Module:
-    """Take the prompt out: its hooks and the prompt_encoder go, and the model is the plain
-    base model again (modules_to_save keep what they learned). Returns the model."""
+    """Take the prompt out: its hooks and the prompt_encoder go, and the modules_to_save
+    weights recorded at apply come back: the base model, bit for bit. Returns the model."""
     if get_method(model) != "prompt":
         raise ValueError("unload() needs a model carrying a prompt (pl.prefix.apply with a "
                          "PromptConfig).")
+    restore(model)
     unmark(model)                          # removes the three hooks
     del model.prompt_encoder
     return model

@@ -3,7 +3,7 @@ CVPR 2024), SPT's sensitivity count (He et al., ICCV 2023), whole-tensor selecti
 
     selection.py  scores from gradients (Fisher, |grad|, |w * grad|), masks at a granularity,
                   SparseDelta (W + scatter(values)), where the selected entries lie
-    surgery.py    SelectionConfig, apply (score, select, attach deltas), masks_of, merge
+    surgery.py    SelectionConfig, apply (score, select, attach deltas), masks_of, merge, unload
     format.py     saving / loading (indices + values; no batches needed to reload)
 
     pl.selection.apply(model, pl.selection.SelectionConfig(fraction=0.005), batches=batches)
@@ -26,11 +26,18 @@ from peftlab.selection.selection import (
     make_masks,
     resolve_count,
 )
-from peftlab.selection.surgery import SelectionConfig, apply, masks_of, merge, sparse_layers
+from peftlab.selection.surgery import (
+    SelectionConfig,
+    apply,
+    masks_of,
+    merge,
+    sparse_layers,
+    unload,
+)
 
 __all__ = [
     "GRANULARITIES", "KINDS", "LayerRow", "SUFFIXES", "SelectionConfig", "SparseDelta",
     "adapter_state_dict", "apply", "candidate_names", "compute_scores", "layer_summary",
     "load_adapter_state", "make_masks", "masks_of", "merge", "prepare_load", "resolve_count",
-    "sparse_layers",
+    "sparse_layers", "unload",
 ]

@@ -71,8 +71,8 @@ def prepare_load(model: nn.Module, config: SelectionConfig, tensors: dict[str, t
         m = torch.zeros(params[base].numel(), dtype=torch.bool)
         m[tensors[base + ".sparse_indices"].long()] = True
         masks[base] = m.view(params[base].shape)
-    _install(model, masks, dense)
-    mark(model, "selection", config, list(config.targets or []))
+    originals = _install(model, masks, dense)
+    mark(model, "selection", config, list(config.targets or []), originals=originals)
     return model
 
 

@@ -16,8 +16,9 @@ gradient g_b = dL_b/dw, or N single examples i with gradient g_i):
     "sensitivity"  |w * (1/M) sum_b g_b|             first-order Taylor estimate of the loss
                                                       change if w were set to 0
 
-These functions only read the model: weights, requires_grad flags, .grad, training mode and
-the global RNG are all as they were afterwards. They are plain functions so widgets and
+These functions only read the model: weights, buffers (BatchNorm running statistics),
+requires_grad flags, .grad, every module's train/eval mode and the global RNG are all as they
+were afterwards. They are plain functions so widgets and
 notebooks can call them (pl.selection re-exports them). SparseDelta is the update itself: W + scatter(values).
 """
 
@@ -89,7 +90,10 @@ def compute_scores(model: nn.Module, batches: Iterable, loss_fn: Callable | None
 
     batches: any iterable of batches for loss_fn(model, batch) -> scalar mean loss (default
     pl.train.loss_fn). The model runs in training mode (dropout on, seeded by `seed` inside a
-    forked RNG), as it will during fine-tuning. per_example only affects kind="fisher".
+    forked RNG), as it will during fine-tuning; running statistics it updates (BatchNorm) are
+    put back afterwards. per_example only affects kind="fisher": the batch is split into
+    single examples, and BatchNorm layers then normalise with their running statistics (the
+    statistics of a batch of one are not defined for BatchNorm1d, and would couple nothing).
     """
     if kind not in KINDS:
         raise ValueError(f"Unknown score kind {kind!r}: use one of {KINDS}.")
@@ -103,19 +107,25 @@ def compute_scores(model: nn.Module, batches: Iterable, loss_fn: Callable | None
     flags = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
     acc = [torch.zeros(p.shape, dtype=torch.float32, device=p.device) for p in params]
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    single = kind == "fisher" and per_example
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     n_seen = 0
     try:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             model.train()
+            if single:
+                for m in model.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
             for p in params:
                 p.requires_grad_(True)
             for b, batch in enumerate(batches):
                 if max_batches is not None and b >= max_batches:
                     break
-                pieces = _examples(batch) if kind == "fisher" and per_example else [batch]
+                pieces = _examples(batch) if single else [batch]
                 for piece in pieces:
                     gs = torch.autograd.grad(loss_fn(model, piece), params, allow_unused=True)
                     for a, g in zip(acc, gs):
@@ -123,7 +133,11 @@ def compute_scores(model: nn.Module, batches: Iterable, loss_fn: Callable | None
                             a.add_(g.float().square() if kind == "fisher" else g.float())
                     n_seen += 1
     finally:
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
         _restore(params, flags, grads)
     if n_seen == 0:
         raise ValueError("compute_scores got no batches: pass a non-empty iterable of batches "
@@ -237,7 +251,8 @@ def make_masks(scores: dict[str, torch.Tensor], fraction: float | None = None,
 # --- the sparse update ----------------------------------------------------------------------
 
 class SparseDelta(nn.Module):
-    """The parametrization W -> W + scatter(values) at flat positions `indices`."""
+    """The parametrization W -> W + scatter(values) at flat positions `indices`. On fp16 /
+    bf16 weights the values are kept in fp32 (pass dtype=) and cast for the sum."""
 
     def __init__(self, shape, indices: torch.Tensor, dtype=torch.float32, device=None):
         super().__init__()
@@ -246,7 +261,8 @@ class SparseDelta(nn.Module):
         self.values = nn.Parameter(torch.zeros(indices.numel(), dtype=dtype, device=device))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:   # (S) -> (S)
-        return weight.reshape(-1).index_add(0, self.indices, self.values).view_as(weight)
+        values = self.values.to(weight.dtype)     # fp32 values on an fp16 / bf16 weight
+        return weight.reshape(-1).index_add(0, self.indices, values).view_as(weight)
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, selected={self.indices.numel():,}"

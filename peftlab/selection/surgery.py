@@ -34,7 +34,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from peftlab.core.heads import default_heads
-from peftlab.core.state import ensure_plain, get_method, mark, unmark
+from peftlab.core.layers import adapter_dtype, is_conv1d
+from peftlab.core.state import ensure_plain, get_method, mark, restore, unmark
 from peftlab.core.targets import find_targets
 from peftlab.selection.selection import (
     GRANULARITIES,
@@ -80,9 +81,16 @@ def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(mod) if mod else model), attr
 
 
-def _install(model: nn.Module, masks: dict[str, torch.Tensor], dense: list[str]) -> None:
-    """Freeze everything; make `dense` params trainable; attach a SparseDelta per partial mask."""
+def _is_conv1d_weight(model: nn.Module, name: str) -> bool:
+    owner, attr = _owner(model, name)
+    return attr == "weight" and is_conv1d(owner)
+
+
+def _install(model: nn.Module, masks: dict[str, torch.Tensor], dense: list[str]) -> dict:
+    """Freeze everything; make `dense` params trainable; attach a SparseDelta per partial mask.
+    Returns CPU copies of the dense params (trained in place), for unload()."""
     params = dict(model.named_parameters())
+    originals = {n: params[n].detach().to("cpu", copy=True) for n in dense}
     for p in model.parameters():
         p.requires_grad_(False)
     for n in dense:
@@ -90,12 +98,14 @@ def _install(model: nn.Module, masks: dict[str, torch.Tensor], dense: list[str])
     all_names = list(model.named_parameters(remove_duplicate=False))
     for n, m in masks.items():
         p = params[n]
-        delta = SparseDelta(p.shape, m.reshape(-1).nonzero().flatten(), p.dtype, p.device)
+        delta = SparseDelta(p.shape, m.reshape(-1).nonzero().flatten(), adapter_dtype(p),
+                            p.device)
         # every module that holds this Parameter (tied weights) gets the same delta
         for other in [o for o, q in all_names if q is p]:
             owner, attr = _owner(model, other)
             parametrize.register_parametrization(owner, attr, delta, unsafe=True)
             owner.parametrizations[attr].original.requires_grad_(False)
+    return originals
 
 
 def sparse_layers(model: nn.Module) -> dict[str, SparseDelta]:
@@ -155,12 +165,16 @@ def apply(model: nn.Module, config: SelectionConfig | None = None, *, batches=No
     if k > n_cand:
         raise ValueError(f"The budget leaves {k:,} entries to select but the targets hold only "
                          f"{n_cand:,}; lower fraction/count or widen targets.")
-    masks = make_masks({n: scores[n] for n in cands}, count=k, granularity=config.granularity)
+    # "row" means output neuron; a Conv1D (GPT-2) stores its weight as (d_in, d_out)
+    flip = {n for n in cands if config.granularity == "row" and _is_conv1d_weight(model, n)}
+    masks = make_masks({n: scores[n].T if n in flip else scores[n] for n in cands}, count=k,
+                       granularity=config.granularity)
+    masks = {n: m.T.contiguous() if n in flip else m for n, m in masks.items()}
     full = [n for n, m in masks.items() if bool(m.all())]
     partial = {n: m for n, m in masks.items() if m.any() and not m.all()}
-    _install(model, partial, head_params + full)
+    originals = _install(model, partial, head_params + full)
     resolved = find_targets(model, config.targets) if config.targets else []
-    mark(model, "selection", config, resolved)
+    mark(model, "selection", config, resolved, originals=originals)
     return model
 
 
@@ -181,8 +195,20 @@ def merge(model: nn.Module) -> nn.Module:
     """Fold every delta into its weight (W <- W + scatter(values)) and drop the parametrizations.
     The model becomes a plain model again (frozen, no method mark): export it with
     save_pretrained; save the adapter *before* merging if you want the small file."""
+    return _remove(model, fold=True)
+
+
+@torch.no_grad()
+def unload(model: nn.Module, merge: bool = False) -> nn.Module:
+    """Take the selection out. merge=False (the default): drop the deltas and put back the
+    tensors that trained densely (the head, whole selected tensors) as they were at apply:
+    the base model, bit for bit. merge=True: the same as merge(model)."""
+    return _remove(model, fold=merge)
+
+
+def _remove(model: nn.Module, fold: bool) -> nn.Module:
     if get_method(model) != "selection":
-        raise ValueError("merge() needs a model carrying a peftlab selection "
+        raise ValueError("This needs a model carrying a peftlab selection "
                          f"(this one carries {get_method(model)!r}).")
     done = set()
     for mname, mod in list(model.named_modules()):
@@ -193,8 +219,13 @@ def merge(model: nn.Module) -> nn.Module:
             cls = type(mod)
             mod.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
             # a tied weight is folded once; its other owners just get the (merged) original back
-            parametrize.remove_parametrizations(mod, attr, leave_parametrized=id(d) not in done)
+            parametrize.remove_parametrizations(mod, attr,
+                                                leave_parametrized=fold and id(d) not in done)
             done.add(id(d))
             getattr(mod, attr).requires_grad_(False)
+    if not fold:
+        restore(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
     unmark(model)
     return model
