@@ -1,92 +1,125 @@
-"""Command-line entry points: `peftlab compare` (also `python -m peftlab compare`).
+"""The `peftlab` command line (also `python -m peftlab`): subcommands in the argparse way.
 
+    peftlab train --data reviews.csv --text-column review --label-column topic --out runs/x
+    peftlab evaluate --model runs/x --data test.csv
+    echo "a new sentence" | peftlab predict --model runs/x
     peftlab compare                          # every method on the text task (~5 min, 2 CPUs)
     peftlab compare --quick                  # a smoke run in well under a minute
     peftlab compare --methods full,lora --epochs 2 --device cpu --seed 1 --out runs/x
     peftlab compare --task vision            # the digits ResNet: full, head, LoRA, selection
+    peftlab compare --data my.csv --label-column topic   # every method on your data
+    peftlab --version
 
-Bad options stop at once with argparse's usage message and exit code 2, naming the option.
+Bad options stop at once, before any training, with one plain line naming the option and
+exit code 2. train / evaluate / predict live in peftlab/commands/.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
+from peftlab.commands import options as opt
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 (passes over the training data), "
-                                         f"got {text}")
-    return v
+EXAMPLES = """examples:
+  peftlab train --data reviews.csv --text-column review --label-column topic --out runs/topics
+  peftlab evaluate --model runs/topics --data test.csv
+  echo "the striker scored twice" | peftlab predict --model runs/topics
+  peftlab train --resume runs/topics         # continue an interrupted run
+  peftlab compare --quick                    # every method side by side, a smoke run
+  peftlab compare --data reviews.csv --label-column topic
 
-
-def _seed(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
-    return v
+Run `peftlab COMMAND --help` for the options of each command.
+"""
+COMPARE_EXAMPLES = """examples:
+  peftlab compare --quick
+  peftlab compare --methods full,lora --epochs 2 --device cpu --seed 1 --out runs/cmp
+  peftlab compare --data reviews.csv --text-column review --label-column topic
+  peftlab compare --task vision
+"""
 
 
-def _device(text: str) -> str:
-    from peftlab.runtime import get_device
-    try:
-        get_device(text)
-    except (ValueError, RuntimeError) as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """(the `peftlab` parser, {command: its subparser})."""
+    from peftlab import __version__
+    from peftlab.commands import train, use
 
-
-def _methods(text: str) -> list[str]:
-    names = [m.strip() for m in text.split(",") if m.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("give a comma-separated list, e.g. full,lora")
-    return names
-
-
-def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    parser = argparse.ArgumentParser(prog="peftlab", description="peftlab command line.")
+    parser = opt.Parser(prog="peftlab", epilog=EXAMPLES,
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="peftlab: parameter-efficient fine-tuning from the command "
+                                    "line: train on your data, evaluate, predict, compare.")
+    parser.add_argument("--version", action="version", version=f"peftlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subs = {"train": train.add_parser(sub)}
+    use.add_parsers(sub)
+    subs["evaluate"], subs["predict"] = sub.choices["evaluate"], sub.choices["predict"]
     from peftlab.compare import TEXT_METHODS, VISION_METHODS
     cmp = sub.add_parser(
         "compare", help="train every method side by side and write a report",
         description="Train each method on one task from the same pretrained weights, measure "
                     "trainable parameters, step time, peak memory, test accuracy and adapter "
-                    "size, print a table and write report.csv, report.json and compare.png.")
-    cmp.add_argument("--methods", type=_methods, default=None,
+                    "size, print a table and write report.csv, report.json and compare.png.",
+        epilog=COMPARE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    subs["compare"] = cmp
+    cmp.add_argument("--methods", type=opt.name_list, default=None,
                      help=f"comma-separated subset (default: all). text: "
                           f"{','.join(TEXT_METHODS)}; vision: {','.join(VISION_METHODS)}")
     cmp.add_argument("--task", choices=["text", "vision"], default="text",
                      help="text: MiniLM on sentiment_contrast (default); vision: digits ResNet")
-    cmp.add_argument("--epochs", type=_positive_float, default=None,
+    cmp.add_argument("--data", default=None, metavar="PATH",
+                     help="your data instead of sentiment_contrast (text task): a .csv/.tsv/"
+                          ".jsonl/.json file or a folder, as for `peftlab train`")
+    cmp.add_argument("--text-column", default="text", metavar="NAME",
+                     help="with --data: the column holding the texts (default: text)")
+    cmp.add_argument("--label-column", default="label", metavar="NAME",
+                     help="with --data: the column holding the labels (default: label)")
+    cmp.add_argument("--epochs", type=opt.positive_float, default=None,
                      help="epochs for every method (default: each method's own budget)")
-    cmp.add_argument("--device", type=_device, default=None,
+    cmp.add_argument("--device", type=opt.device, default=None,
                      help="cpu, cuda, cuda:N or mps (default: the best available)")
-    cmp.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+    cmp.add_argument("--seed", type=opt.seed, default=0, help="random seed (default 0)")
     cmp.add_argument("--quick", action="store_true",
                      help="smoke run: 64 training examples, 1 epoch, small evaluation sets")
     cmp.add_argument("--out", type=Path, default=None,
                      help="output folder (default: peftlab-runs/compare-YYYYmmdd-HHMMSS)")
+    cmp.add_argument("--overwrite", action="store_true",
+                     help="write into an --out folder that already exists")
     cmp.add_argument("--no-plot", action="store_true", help="skip compare.png")
     cmp.add_argument("--progress", action="store_true", help="show a progress bar per method")
-    return parser, cmp
+    return parser, subs
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser, cmp = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
+def _compare_data(args, cmp) -> None:
+    """Check --data before any training and hand it to compare's text task (and its worker
+    processes) through $PEFTLAB_DATASET."""
+    from peftlab import data, models
+
+    if args.data is None:
+        if args.text_column != "text" or args.label_column != "label":
+            cmp.error("argument --text-column/--label-column: they go with --data")
+        return
+    if args.task != "text":
+        cmp.error("argument --data: your data is text; it goes with --task text")
+    try:
+        ds = data.load_dataset(args.data, text_column=args.text_column,
+                               label_column=args.label_column, seed=args.seed)
+    except data.DatasetError as e:
+        cmp.error(f"argument --data: {e}")
+    _, tok = models.text_encoder()
+    n = data.choose_max_length(tok, ds.train.texts)
+    path = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
+    os.environ[data.DATASET_ENV] = json.dumps({
+        "name": path, "text_column": args.text_column, "label_column": args.label_column,
+        "max_length": n})
+    opt.say(f"data: {ds!r}, max_length {n}")
+
+
+def _compare(args, cmp) -> int:
     from peftlab import compare
     if args.methods is not None:
         known = compare.available(args.task)
@@ -95,6 +128,14 @@ def main(argv: list[str] | None = None) -> int:
             cmp.error(f"argument --methods: unknown method {bad[0]!r} for --task "
                       f"{args.task}; choose from {', '.join(known)}")
     out = args.out or Path("peftlab-runs") / time.strftime("compare-%Y%m%d-%H%M%S")
+    try:
+        opt.check_writable_folder(out)
+    except ValueError as e:
+        cmp.error(str(e))
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        cmp.error(f"argument --out: {out} exists and is not empty; pass --overwrite to write "
+                  f"into it, or choose another folder")
+    _compare_data(args, cmp)
     report = compare.run(args.methods, task=args.task, seed=args.seed, device=args.device,
                          epochs=args.epochs, quick=args.quick, progress=args.progress,
                          log=lambda s: print(s, file=sys.stderr, flush=True))
@@ -109,6 +150,38 @@ def main(argv: list[str] | None = None) -> int:
     for r in failed:
         print(f"\n{r['method']} failed:\n{r.get('traceback', r['note'])}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run the subcommand; the exit code."""
+    parser, subs = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    from peftlab.commands import train, use
+
+    show = warnings.formatwarning
+    warnings.formatwarning = _warning_line       # warnings as one plain line each
+    env = os.environ.get("PEFTLAB_DATASET")
+    try:
+        if args.command == "train":
+            return train.main(args, subs["train"])
+        if args.command == "evaluate":
+            return use.evaluate(args, subs["evaluate"])
+        if args.command == "predict":
+            return use.predict(args, subs["predict"])
+        return _compare(args, subs["compare"])
+    finally:
+        warnings.formatwarning = show
+        if env is None:
+            os.environ.pop("PEFTLAB_DATASET", None)
+        else:
+            os.environ["PEFTLAB_DATASET"] = env
 
 
 if __name__ == "__main__":

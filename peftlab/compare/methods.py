@@ -142,14 +142,14 @@ def text_task(seed: int = 0, quick: bool = False, model_fn=None) -> Task:
     """The embedded MiniLM classifier on sentiment_contrast (test: held-out vocabulary).
     model_fn() -> (model, tokenizer) replaces the embedded model (tests use a tiny one)."""
     from peftlab import data, models
-    ds = data.load_dataset()
+    ds = data.load_dataset_from_env()     # `peftlab compare --data`; else sentiment_contrast
     base, tok = (model_fn or (lambda: models.text_classifier(ds.num_labels, seed=seed)))()
     base.eval()
     val, test = ds.validation, ds.test
     if quick:
         val, test = val.subset(64, seed), test.subset(128, seed)
     return Task("text", lambda: copy.deepcopy(base), ds.train, val, test, tok,
-                max_length=24 if quick else 32,
+                max_length=data.env_max_length() or (24 if quick else 32),
                 ctx={"lora_targets": ["query", "value"], "selection_fraction": 0.005})
 
 

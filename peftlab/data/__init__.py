@@ -30,11 +30,20 @@ from peftlab.data.labels import (
     set_label_names,
 )
 from peftlab.data.lengths import choose_max_length, token_lengths, truncation_share
-from peftlab.data.load import DEFAULT_DATASET, SHIPPED, load_dataset
+from peftlab.data.load import (
+    DATASET_ENV,
+    DEFAULT_DATASET,
+    SHIPPED,
+    env_max_length,
+    env_source,
+    load_dataset,
+    load_dataset_from_env,
+)
 from peftlab.data.readers import from_table, read_csv, read_jsonl, read_table
 from peftlab.data.splits import DatasetError, DatasetSplits, TextSplit, data_dir
 
-__all__ = ["DEFAULT_DATASET", "DatasetError", "DatasetSplits", "LabelError", "SHIPPED",
-           "TextSplit", "check_num_labels", "choose_max_length", "data_dir", "encode_labels",
-           "from_table", "label_names_of", "load_dataset", "model_num_labels", "read_csv",
+__all__ = ["DATASET_ENV", "DEFAULT_DATASET", "DatasetError", "DatasetSplits", "LabelError",
+           "SHIPPED", "TextSplit", "check_num_labels", "choose_max_length", "data_dir",
+           "encode_labels", "env_max_length", "env_source", "from_table", "label_names_of",
+           "load_dataset", "load_dataset_from_env", "model_num_labels", "read_csv",
            "read_jsonl", "read_table", "set_label_names", "token_lengths", "truncation_share"]

@@ -12,6 +12,8 @@ a missing validation or test split is carved out of train (10% each, seeded).
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import warnings
 from collections.abc import Mapping
@@ -145,3 +147,37 @@ def load_dataset(name=None, *, text_column: str = "text", label_column: str = "l
                        f"{', '.join(SHIPPED)}; or pass the path of a data file "
                        f"({', '.join(SUFFIXES)}) or of a folder with train/validation/test "
                        f"files, or a pandas DataFrame / Hugging Face Dataset.")
+
+
+# --- the dataset a tool uses by default ----------------------------------------------------------
+
+DATASET_ENV = "PEFTLAB_DATASET"
+
+
+def env_source() -> dict:
+    """The dataset named in $PEFTLAB_DATASET, a JSON object {"name": "my.csv",
+    "text_column": ..., "label_column": ..., "label_names": [...], "max_length": 48}; {} when
+    unset. `peftlab compare --data` sets it so compare (and its worker processes) train on
+    the user's data."""
+    raw = os.environ.get(DATASET_ENV)
+    if not raw:
+        return {}
+    try:
+        src = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"${DATASET_ENV} is not valid JSON ({e.msg}): {raw!r}") from None
+    if not isinstance(src, dict) or "name" not in src:
+        raise DatasetError(f"${DATASET_ENV} must be a JSON object with a \"name\", got {raw!r}")
+    return src
+
+
+def load_dataset_from_env(seed: int = 0) -> DatasetSplits:
+    """load_dataset() of the dataset in $PEFTLAB_DATASET, or of the shipped default."""
+    src = env_source()
+    kw = {k: src[k] for k in ("text_column", "label_column", "label_names") if k in src}
+    return load_dataset(src.get("name"), seed=seed, **kw)
+
+
+def env_max_length() -> int | None:
+    """The max_length given in $PEFTLAB_DATASET (chosen from the data), or None."""
+    return env_source().get("max_length")
