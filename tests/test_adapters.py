@@ -253,3 +253,38 @@ def test_deterministic_file(tiny_bert, tmp_path):
     # (not byte-compared: safetensors orders its metadata header freely)
     ta, tb = load_file(tmp_path / "a" / WEIGHTS_FILE), load_file(tmp_path / "b" / WEIGHTS_FILE)
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_label_names_travel_with_the_adapter(tiny_bert, tmp_path):
+    model = trained(copy.deepcopy(tiny_bert))
+    pl.data.set_label_names(model, ["negative", "positive"])
+    pl.save_adapter(model, tmp_path / "a")
+    meta = json.loads((tmp_path / "a" / CONFIG_FILE).read_text())
+    assert meta["label_names"] == ["negative", "positive"]
+    fresh = copy.deepcopy(tiny_bert)
+    pl.load_adapter(fresh, tmp_path / "a")
+    assert fresh.config.id2label == {0: "negative", 1: "positive"}
+    assert fresh.config.label2id == {"negative": 0, "positive": 1}
+    # without names (transformers' LABEL_0, LABEL_1) the JSON has no label_names
+    pl.save_adapter(trained(copy.deepcopy(tiny_bert)), tmp_path / "b")
+    assert "label_names" not in json.loads((tmp_path / "b" / CONFIG_FILE).read_text())
+    # names that do not fit the head are refused before the model changes
+    meta["label_names"] = ["a", "b", "c"]
+    (tmp_path / "a" / CONFIG_FILE).write_text(json.dumps(meta))
+    other = copy.deepcopy(tiny_bert)
+    snap = snapshot(other)
+    with pytest.raises(AdapterError, match="3 label names"):
+        pl.load_adapter(other, tmp_path / "a")
+    assert unchanged(other, snap) and pl.data.label_names_of(other) == []
+
+
+def test_adapter_files_get_normal_permissions(tiny_bert, tmp_path):
+    old = os.umask(0o022)
+    try:
+        pl.save_adapter(trained(tiny_bert), tmp_path / "a")
+        pl.save_adapter(tiny_bert, tmp_path / "h", format="hf-peft")
+    finally:
+        os.umask(old)
+    files = [*(tmp_path / "a").iterdir(), *(tmp_path / "h").iterdir()]
+    assert len(files) == 4 and all(f.stat().st_mode & 0o777 == 0o644 for f in files)
+    assert not [p for p in tmp_path.rglob(".*.tmp")]          # no temp file left behind

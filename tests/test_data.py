@@ -155,3 +155,163 @@ def test_unknown_dataset_lists_shipped():
 
 def test_public_api_reexports():
     assert pl.data.load_dataset is load_dataset
+
+
+# --- your own data: columns, string labels, formats, checks ---------------------------------------
+
+def rows_csv(path, header="sentence,topic", n=30, labels=("food", "sport", "tech")):
+    lines = [header] + [f"text number {i},{labels[i % len(labels)]}" for i in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_string_labels_and_named_columns(tmp_path):
+    p = rows_csv(tmp_path / "topics.csv")
+    ds = load_dataset(p, text_column="sentence", label_column="topic")
+    assert ds.label_names == ["food", "sport", "tech"] and ds.num_labels == 3
+    assert all(s.label_names == ds.label_names for s in (ds.train, ds.validation, ds.test))
+    i = ds.train.texts.index("text number 4")
+    assert ds.label_names[ds.train.labels[i]] == "sport"
+    fixed = load_dataset(p, text_column="sentence", label_column="topic",
+                         label_names=["tech", "sport", "food"])
+    assert fixed.label_names == ["tech", "sport", "food"]
+    assert fixed.label_names[fixed.train.labels[i]] == "sport"
+    with pytest.raises(DatasetError, match=r"no text column 'text'.*text_column="):
+        load_dataset(p)
+    assert "DatasetSplits('topics'" in repr(ds)
+
+
+def test_jsonl_json_tsv_and_folders(tmp_path):
+    import json
+    rows = [{"t": f"sentence {i}", "y": ["a", "b"][i % 2]} for i in range(20)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    (tmp_path / "d.tsv").write_text("t\ty\n" + "".join(f"{r['t']}\t{r['y']}\n" for r in rows))
+    for f in ("d.jsonl", "d.json", "d.tsv"):
+        ds = load_dataset(tmp_path / f, text_column="t", label_column="y")
+        assert ds.label_names == ["a", "b"] and len(ds.train) == 16, f
+    (tmp_path / "bad.jsonl").write_text('{"t": "x", "y": "a"}\n{"t": "x"\n')
+    with pytest.raises(DatasetError, match=r"bad.jsonl, line 2: not valid JSON"):
+        load_dataset(tmp_path / "bad.jsonl", text_column="t", label_column="y")
+    (tmp_path / "nokey.jsonl").write_text('{"t": "x", "z": "a"}\n')
+    with pytest.raises(DatasetError, match=r"line 1: no label key 'y'"):
+        load_dataset(tmp_path / "nokey.jsonl", text_column="t", label_column="y")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    rows_csv(folder / "train.csv", n=12)
+    rows_csv(folder / "test.csv", n=6)
+    ds = load_dataset(folder, text_column="sentence", label_column="topic")
+    assert len(ds.test) == 6 and len(ds.validation) == 1 and len(ds.train) == 11
+    (folder / "test.csv").write_text("sentence,topic\nhello,drinks\n")
+    with pytest.raises(DatasetError, match=r"test.csv, line 2: unknown label 'drinks'; the "
+                                           r"model knows 3 labels: food, sport, tech"):
+        load_dataset(folder, text_column="sentence", label_column="topic")
+
+
+def test_one_class_mixed_labels_and_unused_ids(tmp_path):
+    with pytest.raises(DatasetError, match="at least two classes"):
+        load_dataset(rows_csv(tmp_path / "one.csv", labels=("food",)),
+                     text_column="sentence", label_column="topic")
+    with pytest.raises(DatasetError, match="mix integer class ids and names"):
+        load_dataset(rows_csv(tmp_path / "mix.csv", labels=("1", "food")),
+                     text_column="sentence", label_column="topic")
+    with pytest.warns(UserWarning, match=r"class id\(s\) \[0\] never occur"):
+        ds = load_dataset(rows_csv(tmp_path / "stars.csv", labels=("1", "2", "3")),
+                          text_column="sentence", label_column="topic")
+    assert ds.num_labels == 4 and ds.label_names == []
+
+
+class FakeFrame:
+    """Enough of a pandas DataFrame for from_table (pandas is not a peftlab dependency);
+    the real thing is tested below when pandas is installed."""
+
+    __module__ = "pandas.core.frame"
+
+    def __init__(self, cols):
+        self.cols = cols
+        self.columns = list(cols)
+        self.index = range(len(next(iter(cols.values()))))
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, k):
+        class Col(list):
+            dtype = "object"
+
+            def tolist(self):
+                return list(self)
+        return Col(self.cols[k])
+
+
+class FakeDataset:
+    """Enough of a Hugging Face datasets.Dataset (with a ClassLabel column) for from_table."""
+
+    def __init__(self, cols, names):
+        self.cols, self.column_names = cols, list(cols)
+        self.features = {"label": type("ClassLabel", (), {"names": names})()}
+
+    def __len__(self):
+        return len(self.cols["text"])
+
+    def __getitem__(self, k):
+        return self.cols[k]
+
+
+def test_dataframes_and_hf_datasets_without_the_packages():
+    texts = [f"row {i}" for i in range(20)]
+    ds = load_dataset(FakeFrame({"review": texts, "stars": ["good", "bad"] * 10}),
+                      text_column="review", label_column="stars")
+    assert ds.label_names == ["bad", "good"] and len(ds.train) == 16
+    with pytest.raises(DatasetError, match="no label column 'label'"):
+        load_dataset(FakeFrame({"text": texts, "stars": [0, 1] * 10}))
+    hf = FakeDataset({"text": texts, "label": [0, 1] * 10}, ["neg", "pos"])
+    assert load_dataset(hf).label_names == ["neg", "pos"]
+    split = {"train": hf, "test": FakeDataset({"text": texts[:4], "label": [0, 1, 0, 1]},
+                                              ["neg", "pos"])}
+    ds = load_dataset(split)
+    assert len(ds.test) == 4 and len(ds.validation) == 2 and ds.label_names == ["neg", "pos"]
+
+
+def test_real_pandas_dataframe():
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"text": [f"row {i}" for i in range(20)],
+                       "label": pd.Categorical(["pos", "neg"] * 10, categories=["pos", "neg"])})
+    ds = load_dataset(df)
+    assert ds.label_names == ["pos", "neg"]          # the categorical order is kept
+
+
+def test_max_length_from_the_data_and_truncation_warning(embedded_state):
+    _, tok = embedded_state
+    texts = ["short one"] * 199 + ["a much longer sentence " * 8]      # 1 outlier in 200
+    n = pl.data.choose_max_length(tok, texts)
+    assert n % 8 == 0 and n >= len(tok("short one")["input_ids"])
+    lengths = pl.data.token_lengths(tok, texts)
+    assert n == 8 and pl.data.truncation_share(tok, texts, n) == 0.005   # 99% fit
+    assert pl.data.choose_max_length(tok, texts, percentile=100) >= max(lengths)
+    split = pl.data.TextSplit(texts, [0] * 100 + [1] * 100, "train")
+    with pytest.warns(UserWarning, match=r"0.5% of the train texts \(1 of 200\) are longer "
+                                         r"than max_length=8"):
+        split.loader(tok, max_length=8)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        split.loader(tok, max_length=64)                       # nothing cut: no warning
+    with pytest.warns(UserWarning, match="1 of 200"):
+        split.loader(tok, max_length="auto")                   # auto = 8 here: says so too
+    with pytest.raises(ValueError, match="max_length"):
+        split.loader(tok, max_length=0)
+
+
+def test_label_names_on_models_and_num_labels_check(tiny_bert, tiny_mlp):
+    assert pl.data.label_names_of(tiny_bert) == []              # LABEL_0, LABEL_1
+    pl.data.set_label_names(tiny_bert, ["neg", "pos"])
+    assert tiny_bert.config.label2id == {"neg": 0, "pos": 1}
+    assert pl.data.label_names_of(tiny_bert) == ["neg", "pos"]
+    with pytest.raises(pl.data.LabelError, match="2 outputs but 3 label names"):
+        pl.data.set_label_names(tiny_bert, ["a", "b", "c"])
+    three = pl.data.TextSplit(["a", "b", "c"], [0, 1, 2], "train", ["x", "y", "z"])
+    with pytest.raises(pl.data.LabelError, match="num_labels=3"):
+        pl.data.check_num_labels(tiny_bert, three)
+    pl.data.check_num_labels(tiny_bert, pl.data.TextSplit(["a"], [1], "t"))
+    assert pl.data.model_num_labels(tiny_mlp) is None               # unknown: no check
