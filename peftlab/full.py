@@ -24,6 +24,14 @@ MODES = ("all", "head", "bitfit")
 
 @dataclass
 class FullConfig:
+    """The baselines: which of the model's own parameters train.
+
+    mode: "all": every weight (full fine-tuning); "head": the output head only (a linear
+        probe); "bitfit": every bias + the head.
+    modules_to_save: extra modules to train in "head" / "bitfit" mode (default: the
+        detected output head).
+    """
+
     method = "full"
     mode: str = "all"   # "all": everything; "head": output head only; "bitfit": biases + head
     # extra modules to train in "head"/"bitfit" mode (default: the detected output head)

@@ -34,6 +34,8 @@ def _full_params(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors of an AdaLoRA adapter: per SVDLinear only the kept slots of P, lambda and
+    Q (with the slot indices, the mask and the rank history), plus modules_to_save."""
     out = {}
     for name, layer in layers(model).items():
         slots = stored_slots(layer)

@@ -50,6 +50,24 @@ from peftlab.lora.surgery import LoraConfig
 
 @dataclass
 class AdaLoraConfig:
+    """AdaLoRA: SVD-form adapters P diag(lambda) Q whose ranks move to where they matter,
+    under a budget that falls from init_r to target_r per matrix on average.
+
+    init_r: rank every matrix starts with (paper: about 1.5x the final average).
+    target_r: average rank at the end; final budget = target_r * number of matrices.
+    targets: modules to adapt (Linear / Conv1D), matched as in peftlab/core/targets.py.
+    total_steps: optimizer steps of the whole run; the budget schedule is laid out on it.
+    tinit: warm-up steps at the full budget before any rank is dropped.
+    tfinal: last steps with the mask fixed (>= 1: fixed from step total_steps - tfinal).
+    delta_t: re-mask every delta_t steps while the budget falls.
+    beta1: EMA factor of the sensitivity |w * grad| (paper: 0.85).
+    beta2: EMA factor of its uncertainty |I - I_bar| (paper: 0.85).
+    orth_reg_weight: weight of the orthogonality penalty added by pl.regularization.
+    alpha: the update scale is alpha / init_r (PEFT: lora_alpha / ranknum).
+    dropout: dropout on the adapter's input only.
+    modules_to_save: modules also trained in full; None: the detected output head.
+    """
+
     method = "adalora"
     init_r: int = 12              # rank every matrix starts with (paper: ~1.5x the final average)
     target_r: int = 8             # average rank at the end: final budget = target_r * n_matrices

@@ -14,6 +14,13 @@ TASKS = ("text", "vision")
 
 @dataclass
 class TrainBudget:
+    """How much training a method gets in `peftlab compare`.
+
+    train_size: training examples used (a seeded subset); None: all of them. epochs: passes
+    over those examples. lr: peak learning rate (AdamW, linear decay, 6% warm-up).
+    batch_size: examples per optimizer step.
+    """
+
     train_size: int | None    # training examples used (a seeded subset); None: all of them
     epochs: float             # passes over those examples
     lr: float                 # peak learning rate (AdamW, linear decay, 6% warm-up)
@@ -22,6 +29,14 @@ class TrainBudget:
 
 @dataclass
 class MethodSpec:
+    """One method as `peftlab compare` runs it.
+
+    name: the --methods name and the table's first column. module: the peftlab module that
+    must import for the method to run. description: what is trained, in a few words. budget:
+    the default TrainBudget (data, epochs, lr). build: build(model, ctx) applies the method
+    to a fresh model.
+    """
+
     name: str                 # the --methods name and the table's first column
     module: str               # the peftlab module that must import for the method to run
     description: str          # what is trained, in a few words
@@ -115,6 +130,15 @@ def available(task: str = "text") -> list[str]:
 
 @dataclass
 class Task:
+    """A comparison task: the base model, the data and how to batch it.
+
+    name: "text" or "vision". make_model: returns a fresh copy of the pretrained base model.
+    train / validation / test: the data (TextSplits or torch Datasets; validation may be
+    None). tokenizer: for text. max_length: tokens kept per text. ctx: what the methods'
+    build functions read (targets, fractions, ...). test_categories: one category per test
+    example (errors by kind), or None.
+    """
+
     name: str
     make_model: Callable[[], nn.Module]    # a fresh copy of the pretrained base model
     train: object                          # the full training data (TextSplit or Dataset)

@@ -30,6 +30,14 @@ COLUMNS = ["method", "status", "trainable", "total", "trainable_pct", "step_time
 
 @dataclass
 class Report:
+    """The result of a comparison run: one row per method.
+
+    task: "text" or "vision". rows: one dict per method (status, trainable parameters, times,
+    memory, accuracies, adapter size, ...). settings: how the run was made (seeds, device,
+    budgets, versions). table() prints it; write(out) saves report.csv, report.json and the
+    plots.
+    """
+
     task: str
     rows: list[dict]
     settings: dict

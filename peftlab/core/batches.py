@@ -13,6 +13,7 @@ from torch import nn
 
 
 def to_device(batch, device):
+    """The batch (a dict, a tuple/list or a tensor, nested) with its tensors moved to device."""
     if isinstance(batch, dict):
         return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
@@ -32,6 +33,8 @@ def split_batch(batch):
 
 
 def logits_of(model: nn.Module, inputs) -> torch.Tensor:
+    """The model's logits for `inputs` (a dict of keyword tensors, or one tensor): the output
+    itself when it is a tensor, else its .logits (transformers models)."""
     out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
     return out if torch.is_tensor(out) else out.logits
 

@@ -29,6 +29,15 @@ STATE_ATTR = "peftlab_state"
 
 @dataclass
 class MethodState:
+    """What a method leaves on the model it changed (one attribute, see method_state).
+
+    method: the method's name ("lora", "adalora", "prefix", "prompt", "selection", "full").
+    config: its config dataclass (modules_to_save resolved). targets: the resolved names of
+    the modules it adapted. hooks: the forward hooks it registered (RemovableHandles, removed
+    on unload). originals: {parameter name: CPU copy taken at apply} of base weights trained
+    in place (modules_to_save), restored by unload(merge=False); not part of the adapter.
+    """
+
     method: str                   # "lora", "adalora", "prefix", "prompt", "selection", "full"
     config: Any                   # the method's config dataclass (modules_to_save resolved)
     targets: list[str] = field(default_factory=list)   # resolved module names it adapted
@@ -55,11 +64,13 @@ def get_method(model: nn.Module) -> str | None:
 
 
 def get_config(model: nn.Module):
+    """The config dataclass of the model's method, or None for a plain model."""
     state = method_state(model)
     return state.config if state else None
 
 
 def get_targets(model: nn.Module) -> list[str]:
+    """The names of the modules the model's method adapted ([] for a plain model)."""
     state = method_state(model)
     return list(state.targets) if state else []
 

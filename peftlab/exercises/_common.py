@@ -10,6 +10,9 @@ import torch
 
 @dataclass
 class CheckResult:
+    """The verdict of an exercise checker: passed (also its truth value) and a message
+    saying what is right or what to look at; prints as PASS / NOT YET."""
+
     passed: bool
     message: str
 

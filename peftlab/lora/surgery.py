@@ -60,6 +60,22 @@ from peftlab.lora.lora import (
 
 @dataclass
 class LoraConfig:
+    """LoRA: W x + (alpha / r) * B A x on each target, with A (r, d_in), B (d_out, r), B = 0
+    at the start. pl.lora.apply(model, LoraConfig(...)).
+
+    r: rank of the update; trainable numbers per layer = r * (d_in + d_out).
+    alpha: the update is scaled by alpha / r, so changing r keeps its size.
+    dropout: dropout on the adapter's input only (regularises A and B).
+    targets: which modules get an adapter: name suffixes ("query"), full names,
+        "re:<regex>", module types, or "all-linear".
+    modules_to_save: whole modules trained as usual (and saved with the adapter), e.g.
+        ["classifier"]; None = the model's classification head if it has one (never tied LM
+        output embeddings).
+    rslora: scale = alpha / sqrt(r) instead: keeps updates from fading at high r.
+    rank_pattern / alpha_pattern: per-module rank / alpha, {name or name suffix: value} (as
+        HF PEFT's); modules not listed use r / alpha. AdaLoRA's to_lora writes these.
+    """
+
     method = "lora"
     r: int = 8                     # rank of the update: trainable numbers per layer = r*(d_in+d_out)
     alpha: float = 16.0            # the update is scaled by alpha / r, so changing r keeps its size

@@ -20,6 +20,8 @@ def prepare_load(model: nn.Module, config: PrefixConfig, tensors) -> None:
 
 
 def _no_hf(*_):
+    """to_hf_peft / from_hf_peft for prefix tuning: always an AdapterError saying why (the
+    position ids differ from Hugging Face PEFT's prefix tuning) and what to use instead."""
     raise AdapterError("peftlab's prefix keeps the real tokens' position ids while Hugging Face "
                        "PEFT's prefix tuning shifts them by num_virtual_tokens (and refuses BERT "
                        "encoders), so the adapter would compute something else there. Use "

@@ -61,6 +61,19 @@ from peftlab.prompt.surgery import PromptConfig
 
 @dataclass
 class PrefixConfig:
+    """Prefix tuning: P trainable key/value vectors per layer that every token attends to.
+
+    num_virtual_tokens: P, the prefix length per layer; more = more capacity and compute.
+    projection_hidden: None trains the prefixes directly; an int trains them through
+        embedding (P, hidden) -> Linear -> tanh -> Linear (the paper's stabilising MLP).
+    init: "normal": N(0, init_std) (as HF PEFT); "text": the keys and values the frozen
+        model computes for init_text (needs apply(..., tokenizer=)).
+    init_text: words whose activations start the prefix (cycled to P).
+    init_std: std of the "normal" init (HF PEFT's nn.Embedding default, 1.0).
+    modules_to_save: extra modules to train; None: the classifier head ("classifier" /
+        "score") when the model has a fresh one, nothing for LM heads.
+    """
+
     method = "prefix"
     num_virtual_tokens: int = 10     # P: prefix length per layer; more = more capacity and compute
     projection_hidden: int | None = None  # None: train the prefixes directly; int: train them

@@ -17,6 +17,8 @@ from peftlab.prompt.surgery import PromptConfig, apply
 
 
 def prepare_load(model: nn.Module, config: PromptConfig, tensors) -> None:
+    """Before loading a saved prompt onto a plain model: apply prompt tuning with a cheap
+    init (the saved tensors replace it), so no tokenizer is needed."""
     apply(model, dataclasses.replace(config, init="normal"))
 
 

@@ -48,6 +48,19 @@ from peftlab.prompt.prompt import PromptEmbedding
 
 @dataclass
 class PromptConfig:
+    """Prompt tuning: P trainable input embeddings inserted into every sequence.
+
+    num_virtual_tokens: P, the prompt length (Lester et al. find 20-100 best on T5).
+    init: "vocab": embeddings of P distinct tokens drawn from the 5,000 most frequent words
+        (Lester et al.; pass tokenizer=); "text": embeddings of init_text's tokens (cycled to
+        P); "normal": N(0, 1) (HF PEFT's "RANDOM").
+    init_text: e.g. "Classify the sentiment:" (needs apply(..., tokenizer=)).
+    position: "auto": after the first token for encoders (keeps [CLS] first for the
+        pooler), at the start for decoders; or "start" / "after_first" explicitly.
+    seed: seeds the "vocab" / "normal" init (same seed, same prompt).
+    modules_to_save: extra modules to train; None: the classifier head.
+    """
+
     method = "prompt"
     num_virtual_tokens: int = 10     # P: prompt length; Lester et al. find 20-100 best on T5
     init: str = "vocab"              # "vocab": embeddings of P distinct tokens drawn from the

@@ -19,6 +19,8 @@ SUFFIXES = (".sparse_indices", ".sparse_values", ".sparse_shape")
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors of a selection adapter: per SparseDelta its indices, values and shape,
+    plus the modules trained in full (modules_to_save)."""
     out = {}
     for n, d in sparse_layers(model).items():
         out[n + ".sparse_indices"] = d.indices.detach()
@@ -77,6 +79,8 @@ def prepare_load(model: nn.Module, config: SelectionConfig, tensors: dict[str, t
 
 
 def load_adapter_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy saved selection tensors into a model carrying the same selection (same entries);
+    every name, shape and index set is checked before anything is copied."""
     expected = adapter_state_dict(model)
     check_state(expected, tensors)
     for n, d in sparse_layers(model).items():

@@ -272,6 +272,14 @@ class SparseDelta(nn.Module):
 
 @dataclass
 class LayerRow:
+    """One row of the selection summary: where the selected parameters fall.
+
+    layer: transformer block index (the first ".N." in the name); None outside blocks.
+    module: module path inside the block ("attention.self.query"), or the full path.
+    selected: selected entries in this module's parameters. total: all its entries.
+    fraction (a property): selected / total.
+    """
+
     layer: int | None   # transformer block index (the first ".N." in the name); None outside blocks
     module: str         # module path inside the block ("attention.self.query"), or the full path
     selected: int       # selected entries in this module's parameters

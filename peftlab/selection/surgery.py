@@ -50,6 +50,21 @@ from peftlab.selection.selection import (
 
 @dataclass
 class SelectionConfig:
+    """Gradient-based selection: score every weight, train only the best-scored entries.
+
+    fraction: the budget as a share of ALL model parameters (None and no count: 0.005).
+    count: or the budget as an exact number of trainable entries (head included).
+    granularity: "global" (FISH: one ranking over everything), "row" (GPS: per output
+        neuron) or "tensor".
+    score: "fisher" (squared gradients), "grad" (|grad|) or "sensitivity" (|w * grad|).
+    targets: modules whose parameters may be chosen; None = all but the head.
+    modules_to_save: modules trained fully (None = the detected output head, [] = none);
+        they count toward the budget, the rest goes to the best-scored entries.
+    per_example: Fisher from per-example gradients (exact, slower) or per batch.
+    max_batches: use at most this many scoring batches (None = all given).
+    seed: seeds dropout while scoring, so the masks are reproducible.
+    """
+
     method = "selection"
     fraction: float | None = None   # budget as a share of ALL model parameters (None + no count: 0.005)
     count: int | None = None        # or as an exact number of trainable entries (head included)
