@@ -20,9 +20,19 @@ from matplotlib.figure import Figure
 
 
 class WidgetBase:
-    """Mixin: show `self.widget` when the object is the last value of a notebook cell."""
+    """Mixin: show `self.widget` when the object is the last value of a notebook cell.
 
-    widget: W.Widget
+    The container gets the CSS class `peftlab-<class name in lower case>` (for example
+    `peftlab-loraexplorer`), a stable hook for styles and browser tests."""
+
+    @property
+    def widget(self) -> W.Widget:
+        return self._widget
+
+    @widget.setter
+    def widget(self, w: W.Widget) -> None:
+        w.add_class(f"peftlab-{type(self).__name__.lower()}")
+        self._widget = w
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)

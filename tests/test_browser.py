@@ -1,0 +1,361 @@
+"""The six widgets where learners look at them: JupyterLab 4 in headless Chromium.
+
+The widget tests (tests/test_widgets.py) drive the Python side. This file drives the front
+end as a learner would: start JupyterLab on a free loopback port, open
+tests/browser/six_widgets.ipynb, Run > Run All Cells, then check in the page's DOM that each
+widget's view rendered (its controls and its figure, at the figure's natural size), that
+moving a slider / typing / choosing an option changes the view, that the TrainingMonitor
+redraws while training runs, and that the widget manager logged no console error. Then the
+saved-notebook story: with peftlab's "saveState" setting the saved notebook holds the widget
+state, reopens (new kernel) with its widgets, and an untrusted copy with stored snapshots
+(python -m peftlab.site snapshot) shows pictures, not `VBox(children=...` text.
+
+The test of the test: tests/browser/broken_widget.ipynb shows a widget whose figure view
+asks for a front-end version JupyterLab does not have; the same checks must fail on it.
+
+Needs Chromium (`apt-get install -y chromium`; .ci/run installs it) and the `playwright` pip
+package pointed at it (Playwright's own browser download is not used). Skips, saying so,
+when Chromium is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent / "browser"
+CHROMIUM = (os.environ.get("PEFTLAB_CHROMIUM") or shutil.which("chromium")
+            or shutil.which("chromium-browser")
+            or next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+                     if os.path.exists(p)), None))
+if CHROMIUM is None:
+    pytest.skip("Chromium is missing: install it with `apt-get install -y chromium` (.ci/run "
+                "does this) or point PEFTLAB_CHROMIUM at a Chromium binary to run the browser "
+                "tests", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is "
+                               "missing: pip install -e '.[dev]'")
+
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+# each widget: its container class (peftlab-<name>), the controls its view must show
+VIEWS = {
+    "modelinspector": [".widget-text input", ".widget-slider", ".widget-checkbox",
+                       ".widget-dropdown select", "table"],
+    "trainingmonitor": [".widget-html"],
+    "loraexplorer": [".widget-slider", ".widget-select-multiple", ".widget-checkbox"],
+    "selectionexplorer": [".widget-slider", ".widget-toggle-buttons", ".widget-dropdown select"],
+    "rankallocationviewer": [".widget-slider", "button"],
+    "prefixviewer": [".widget-text input", ".widget-dropdown select"],
+}
+HAS_FIGURE = set(VIEWS) - {"modelinspector"}
+WIDGET_ERROR = re.compile(r"widget|model|view|comm|jupyter-widgets", re.I)
+WAIT_MS = 60_000
+
+
+# --- JupyterLab and the browser -------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Lab:
+    """A JupyterLab server of our own: loopback port, random token, every Jupyter folder
+    (settings, workspaces, runtime, notebook signatures) in a temporary directory."""
+
+    def __init__(self, root: Path):
+        self.root, self.port, self.token = root, _free_port(), secrets.token_hex(16)
+        self.url = f"http://127.0.0.1:{self.port}"
+        settings = root / ".jupyter" / "app-settings"
+        from peftlab.widgets.lab_settings import install
+        install(settings)                     # the shipped setting: save widget state
+        # test only: render every cell (JupyterLab 4 leaves off-screen cells out of the DOM)
+        (settings / "overrides.d" / "zz-browser-test.json").write_text(json.dumps(
+            {"@jupyterlab/notebook-extension:tracker": {"windowingMode": "none"}}))
+        env = {**os.environ, "JUPYTER_CONFIG_DIR": str(root / ".jupyter" / "config"),
+               "JUPYTER_DATA_DIR": str(root / ".jupyter" / "data"),
+               "JUPYTER_RUNTIME_DIR": str(root / ".jupyter" / "runtime"),
+               "JUPYTERLAB_SETTINGS_DIR": str(root / ".jupyter" / "user-settings"),
+               "JUPYTERLAB_WORKSPACES_DIR": str(root / ".jupyter" / "workspaces"),
+               "OMP_NUM_THREADS": "1"}
+        self.log = open(root / ".jupyter-lab.log", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+             f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0",
+             f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={root}",
+             "--ServerApp.allow_root=True", f"--LabApp.app_settings_dir={settings}",
+             "--LabApp.news_url=None",
+             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+            cwd=root, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 90
+        while True:
+            try:
+                self.api("GET", "status")
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    self.close()
+                    raise RuntimeError("JupyterLab did not start:\n" +
+                                       (root / ".jupyter-lab.log").read_text()[-3000:])
+                time.sleep(0.5)
+
+    def api(self, method: str, path: str):
+        req = urllib.request.Request(f"{self.url}/api/{path}", method=method,
+                                     headers={"Authorization": f"token {self.token}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            body = r.read()
+        return json.loads(body) if body else None
+
+    def shutdown_kernels(self) -> None:
+        for k in self.api("GET", "kernels"):
+            self.api("DELETE", f"kernels/{k['id']}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lab")
+    for nb in HERE.glob("*.ipynb"):
+        shutil.copy(nb, root / nb.name)
+    server = Lab(root)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+class Page:
+    """One notebook open in a browser tab, with the console errors the tab logged."""
+
+    def __init__(self, browser, lab: Lab, name: str):
+        self.page = browser.new_page(viewport={"width": 1800, "height": 1100})
+        self.errors: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error"
+                     else None)
+        self.page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
+        self.page.set_default_timeout(WAIT_MS)
+        self.page.goto(f"{lab.url}/lab/tree/{name}?reset&token={lab.token}")   # reset: no other tabs
+        self.page.wait_for_selector(".jp-Notebook .jp-CodeCell")
+
+    def wait_kernel_idle(self) -> None:
+        self.page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+
+    def menu(self, top: str, item: str) -> None:
+        self.page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(f"^{top}$")).click()
+        self.page.locator(".lm-Menu-itemLabel", has_text=re.compile(f"^{item}$")).click()
+
+    def run_all(self) -> None:
+        """Run > Run All Cells, once the kernel is idle; again if the click came too early
+        (the command is disabled until the notebook panel and kernel are ready)."""
+        for _ in range(5):
+            self.wait_kernel_idle()
+            self.menu("Run", "Run All Cells")
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                if any(p.strip() not in ("", "[ ]:") for p in self.prompts()):
+                    return
+                time.sleep(0.2)
+            self.page.keyboard.press("Escape")
+        raise AssertionError("Run All Cells did not start the notebook")
+
+    def prompts(self) -> list[str]:
+        return self.page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
+
+    def wait_all_run(self, timeout: float = 150) -> None:
+        deadline = time.time() + timeout
+        while not all(re.fullmatch(r"\[\d+\]:", p.strip()) for p in self.prompts()):
+            assert time.time() < deadline, f"cells did not finish: {self.prompts()}"
+            time.sleep(0.3)
+
+    def box(self, name: str):
+        return self.page.locator(f".peftlab-{name}")
+
+    def img_src(self, name: str) -> str | None:
+        img = self.box(name).locator("img")
+        return img.first.get_attribute("src") if img.count() else None
+
+    def text(self, name: str) -> str:
+        return self.box(name).inner_text()
+
+    def view(self, name: str) -> tuple:
+        """What the learner sees of a widget: its text and its figure."""
+        return self.text(name), self.img_src(name)
+
+    def wait_changed(self, name: str, before: str, what: str, read) -> str:
+        deadline = time.time() + 30
+        while (now := read()) == before:
+            assert time.time() < deadline, f"{name}: the view did not change after {what}"
+            time.sleep(0.2)
+        return now
+
+
+# --- the checks (also run, and expected to fail, on the broken notebook) ---------------------
+
+def check_view(page: Page, name: str) -> None:
+    """The widget's view rendered: its container, every control, and its figure drawn at
+    natural size (not stretched, not collapsed)."""
+    box = page.box(name)
+    assert box.count() == 1, f"{name}: {box.count()} rendered views (expected 1)"
+    for sel in VIEWS[name]:
+        assert box.locator(sel).count() >= 1, f"{name}: its view lacks {sel}"
+    text = box.inner_text()
+    assert "Error" not in text and "model not found" not in text, f"{name}: {text[:300]}"
+    if name in HAS_FIGURE:
+        img = box.locator("img")
+        assert img.count() >= 1, f"{name}: no figure in its view"
+        nw, nh, cw, ch = img.first.evaluate(
+            "i => [i.naturalWidth, i.naturalHeight, i.clientWidth, i.clientHeight]")
+        assert nw > 200 and nh > 100, f"{name}: figure not drawn ({nw}x{nh})"
+        assert (cw, ch) == (nw, nh), f"{name}: figure shown at {cw}x{ch}, natural {nw}x{nh}"
+
+
+def check_console(errors: list[str]) -> None:
+    bad = [e for e in errors if WIDGET_ERROR.search(e)]
+    assert not bad, "the widget manager logged console errors:\n" + "\n".join(bad[:5])
+
+
+def check_no_widget_text(page: Page) -> None:
+    shown = page.page.locator(".jp-OutputArea-output").all_inner_texts()
+    bad = [t for t in shown if "VBox(children=" in t or "Error displaying widget" in t]
+    assert not bad, f"widgets shown as text: {bad[0][:200]}"
+
+
+# --- the tests -----------------------------------------------------------------------------
+
+def test_six_widgets_render_respond_and_survive_a_save(lab, browser):
+    t0 = time.time()
+    page = Page(browser, lab, "six_widgets.ipynb")
+    page.run_all()
+    print(f"{time.time() - t0:5.1f} s  running all cells")
+
+    # the monitor redraws while fit runs (status line and figure), not only at the end
+    seen_steps, seen_images, deadline = set(), set(), time.time() + 150
+    while time.time() < deadline:
+        if page.box("trainingmonitor").count():
+            m = re.search(r"step (\d+)/(\d+)", page.text("trainingmonitor"))
+            if m and m.group(1) != m.group(2):
+                seen_steps.add(int(m.group(1)))
+                seen_images.add(page.img_src("trainingmonitor"))
+            elif m:
+                break
+        time.sleep(0.1)
+    assert len(seen_steps) >= 3, f"status seen at steps {sorted(seen_steps)} during training"
+    assert len(seen_images) >= 2, "the figure was not redrawn during training"
+    page.wait_all_run()
+    assert "step 32/32" in page.text("trainingmonitor")
+    print(f"{time.time() - t0:5.1f} s  all cells ran; the monitor redrew during training")
+
+    for name in VIEWS:
+        check_view(page, name)
+    check_no_widget_text(page)
+
+    # learner actions change what the view shows
+    insp = page.box("modelinspector")
+    insp.locator(".widget-text input").fill("query")
+    page.wait_changed("modelinspector", "", "typing a filter", lambda: (
+        "bert.encoder.layer.1.attention.self.query" in page.text("modelinspector")) or "")
+    before = page.img_src("loraexplorer")
+    page.box("loraexplorer").locator(".noUi-handle").first.focus()
+    page.page.keyboard.press("ArrowRight")                   # rank r: 8 -> 9
+    page.wait_changed("loraexplorer", before, "moving the rank slider",
+                      lambda: page.img_src("loraexplorer"))
+    assert "r=9" in page.text("loraexplorer")
+    before = page.view("selectionexplorer")
+    page.box("selectionexplorer").get_by_role("button", name="row", exact=True).click()
+    page.wait_changed("selectionexplorer", before, "choosing row granularity",
+                      lambda: page.view("selectionexplorer"))
+    assert "row selection" in page.text("selectionexplorer")
+    before = page.img_src("prefixviewer")
+    page.box("prefixviewer").locator(".widget-dropdown select").nth(1).select_option(label="2")
+    page.wait_changed("prefixviewer", before, "choosing head 2",
+                      lambda: page.img_src("prefixviewer"))
+    before = page.text("rankallocationviewer")
+    page.box("rankallocationviewer").locator(".noUi-handle").first.focus()
+    page.page.keyboard.press("Home")                         # step slider to the first step
+    page.wait_changed("rankallocationviewer", before, "moving the step slider",
+                      lambda: page.text("rankallocationviewer"))
+    check_console(page.errors)
+    print(f"{time.time() - t0:5.1f} s  six views checked, five respond to the controls")
+
+    # save: peftlab's saveState setting stores the widget state in the notebook
+    page.menu("File", "Save Notebook")
+    path, deadline = lab.root / "six_widgets.ipynb", time.time() + 30
+    while not json.loads(path.read_text()).get("metadata", {}).get("widgets"):
+        assert time.time() < deadline, "saving did not store the widget state (saveState)"
+        time.sleep(0.3)
+    saved = json.loads(path.read_text())
+    state = saved["metadata"]["widgets"][WIDGET_STATE]["state"]
+    views = [o["data"][WIDGET_VIEW]["model_id"] for c in saved["cells"]
+             for o in c.get("outputs", []) if WIDGET_VIEW in o.get("data", {})]
+    assert len(views) == 6 and all(v in state for v in views)
+
+    # reopen with a new kernel: the widgets come back from the saved state
+    page.page.close()
+    lab.shutdown_kernels()
+    page = Page(browser, lab, "six_widgets.ipynb")
+    for name in VIEWS:
+        page.box(name).wait_for()
+        check_view(page, name)
+    check_no_widget_text(page)
+    check_console(page.errors)
+    page.page.close()
+    print(f"{time.time() - t0:5.1f} s  saved, reopened with a new kernel: views restored")
+
+    # an untrusted copy (not signed here) with stored snapshots shows pictures, not text
+    from peftlab.site import snapshot
+    shutil.copy(path, lab.root / "snapshots.ipynb")
+    assert snapshot([lab.root / "snapshots.ipynb"]) == {str(lab.root / "snapshots.ipynb"): 6}
+    page = Page(browser, lab, "snapshots.ipynb")
+    snaps = page.page.locator(".jp-OutputArea-output .peftlab-widget-snapshot")
+    snaps.nth(5).wait_for()
+    assert snaps.count() == 6 and page.box("loraexplorer").count() == 0    # untrusted: no view
+    for i in range(6):
+        assert snaps.nth(i).locator("img").count() + snaps.nth(i).locator("table").count()
+    check_no_widget_text(page)
+    page.page.close()
+    lab.shutdown_kernels()
+    print(f"{time.time() - t0:5.1f} s  untrusted copy shows the stored snapshots")
+    assert time.time() - t0 < 200, f"the browser test took {time.time() - t0:.0f} s"
+
+
+def test_the_checks_catch_a_broken_widget(lab, browser):
+    """The test of the test: a figure view whose front-end version JupyterLab lacks."""
+    page = Page(browser, lab, "broken_widget.ipynb")
+    page.run_all()
+    page.wait_all_run()
+    page.box("loraexplorer").wait_for()
+    with pytest.raises(AssertionError, match="loraexplorer: no figure"):
+        check_view(page, "loraexplorer")
+    deadline = time.time() + 10
+    while not any(WIDGET_ERROR.search(e) for e in page.errors) and time.time() < deadline:
+        time.sleep(0.2)
+    with pytest.raises(AssertionError, match="console errors"):
+        check_console(page.errors)
+    page.page.close()
+    lab.shutdown_kernels()
