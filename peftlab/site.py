@@ -156,8 +156,8 @@ def build(out, notebooks: Path | str | None = None, quiet: bool = False) -> list
     for i, path in enumerate(paths):
         html = render_page(_read(path), path.stem)
         nav = _nav(names[i - 1] if i else None, names[i + 1] if i + 1 < len(names) else None)
-        html = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + nav, _links(html, pages),
-                      count=1)
+        html = re.sub(r"(<body[^>]*>)", lambda m, nav=nav: m.group(1) + nav,
+                      _links(html, pages), count=1)
         target = out / names[i]
         atomic_write(target, lambda t, h=html: Path(t).write_text(h, encoding="utf-8"))
         written.append(target)

@@ -59,7 +59,7 @@ VIEWS = {
     "prefixviewer": [".widget-text input", ".widget-dropdown select"],
 }
 HAS_FIGURE = set(VIEWS) - {"modelinspector"}
-WIDGET_ERROR = re.compile(r"widget|model|view|comm|jupyter-widgets", re.I)
+WIDGET_ERROR = re.compile(r"widget|model|view|comm|jupyter-widgets", re.IGNORECASE)
 WAIT_MS = 60_000
 
 
@@ -90,7 +90,7 @@ class Lab:
                "JUPYTERLAB_SETTINGS_DIR": str(root / ".jupyter" / "user-settings"),
                "JUPYTERLAB_WORKSPACES_DIR": str(root / ".jupyter" / "workspaces"),
                "OMP_NUM_THREADS": "1"}
-        self.log = open(root / ".jupyter-lab.log", "w")
+        self.log = open(root / ".jupyter-lab.log", "w")  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
              f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0",
