@@ -6,6 +6,7 @@
     peftlab compare                          # every method on the text task (~5 min, 2 CPUs)
     peftlab compare --quick                  # a smoke run in well under a minute
     peftlab compare --methods full,lora --epochs 2 --device cpu --seed 1 --out runs/x
+    peftlab compare --seeds 3                # each method 3 times: mean and std
     peftlab compare --task vision            # the digits ResNet: full, head, LoRA, selection
     peftlab compare --data my.csv --label-column topic   # every method on your data
     peftlab --version
@@ -83,6 +84,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     cmp.add_argument("--device", type=opt.device, default=None,
                      help="cpu, cuda, cuda:N or mps (default: the best available)")
     cmp.add_argument("--seed", type=opt.seed, default=0, help="random seed (default 0)")
+    cmp.add_argument("--seeds", type=opt.positive_int, default=1,
+                     help="runs per method with seeds SEED, SEED+1, ...; the report gives the "
+                          "mean and standard deviation (default 1)")
+    cmp.add_argument("--in-process", action="store_true",
+                     help="run every method in this process (starts faster; the measured "
+                          "memory peak is then a lower bound)")
     cmp.add_argument("--quick", action="store_true",
                      help="smoke run: 64 training examples, 1 epoch, small evaluation sets")
     cmp.add_argument("--out", type=Path, default=None,
@@ -136,7 +143,8 @@ def _compare(args, cmp) -> int:
         cmp.error(f"argument --out: {out} exists and is not empty; pass --overwrite to write "
                   f"into it, or choose another folder")
     _compare_data(args, cmp)
-    report = compare.run(args.methods, task=args.task, seed=args.seed, device=args.device,
+    report = compare.run(args.methods, task=args.task, seed=args.seed, seeds=args.seeds,
+                         device=args.device, isolate=not args.in_process,
                          epochs=args.epochs, quick=args.quick, progress=args.progress,
                          log=lambda s: print(s, file=sys.stderr, flush=True))
     print(report.table())

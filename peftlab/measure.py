@@ -179,6 +179,57 @@ def peak_rss_bytes() -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
+def rss_bytes() -> int | None:
+    """Resident memory of this process now (Linux: VmRSS), in bytes; None where unknown."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+class PeakAboveBaseline:
+    """Measured peak memory of a phase, above the memory held when it starts.
+
+        meter = PeakAboveBaseline(device)   # baseline: now (e.g. right after the model loaded)
+        ... setup ...;  meter.sample()       # record the peak so far
+        ... training (fit resets the counters itself) ...;  meter.sample()
+        meter.peak                           # bytes above the baseline, the largest sample
+
+    CPU: the kernel's peak resident set size (VmHWM, reset at the start) minus the resident
+    size at the start: every byte the phase made resident, temporaries included. Honest only
+    in a fresh process: memory an earlier phase freed may be reused without being counted
+    (peftlab compare runs each method in its own process). CUDA: the allocator's peak
+    (max_memory_allocated) minus what was allocated at the start. Elsewhere: None.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.peak = None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.baseline = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.kind = "CUDA allocator peak above the model-loaded baseline"
+        else:
+            self.baseline = rss_bytes() if reset_peak_rss() else None
+            self.kind = "peak RSS above the model-loaded baseline"
+
+    def sample(self) -> int | None:
+        if self.device.type == "cuda":
+            now = torch.cuda.max_memory_allocated(self.device)
+        elif self.baseline is not None:
+            now = peak_rss_bytes()
+        else:
+            return None
+        above = max(0, now - self.baseline)
+        self.peak = above if self.peak is None else max(self.peak, above)
+        return self.peak
+
+
 # --- time --------------------------------------------------------------------------------------
 
 def median_step_time(times: list[float], warmup: int = 2) -> float:

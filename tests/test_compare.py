@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 import subprocess
 import sys
 
@@ -28,28 +29,41 @@ def tiny_text_model():
 
 @pytest.fixture(scope="module")
 def quick_report():
-    return compare.run(None, quick=True, seed=0, model_fn=tiny_text_model, device="cpu")
+    return compare.run(None, quick=True, seed=0, model_fn=tiny_text_model, device="cpu",
+                       isolate=False)
 
 
 def test_every_text_method_runs_and_is_measured(quick_report):
     rows = {r["method"]: r for r in quick_report.rows}
-    assert list(rows) == ["full", "head", "lora", "prefix", "prompt", "selection", "adalora"]
+    assert list(rows) == ["full", "head", "lora", "lora_qv", "prefix", "prompt", "selection",
+                          "adalora"]
     for name, r in rows.items():
         assert r["status"] == "ok", (name, r.get("traceback"))
         assert 0 < r["trainable"] <= r["total"] and 0 <= r["test_accuracy"] <= 1
-        assert r["step_time_s"] > 0 and r["adapter_bytes"] > 0 and r["peak_memory_bytes"] > 0
-        assert r["peak_memory_bytes"] == (r["weights_bytes"] + r["gradients_bytes"]
-                                          + r["optimizer_bytes"] + r["activations_bytes"])
+        assert r["step_time_s"] > 0 and r["adapter_bytes"] > 0
+        assert r["training_state_bytes"] == (r["weights_bytes"] + r["gradients_bytes"]
+                                             + r["optimizer_bytes"] + r["activations_bytes"])
+        assert r["measured_peak_bytes"] is not None and r["measured_peak_bytes"] >= 0
+        assert "lower bound" in r["measured_kind"]      # in one process, said so
+        assert r["test_accuracy_std"] is None and r["seeds"] == "0"   # one seed: no std
     full = rows["full"]
-    assert full["step_time_ratio"] == 1.0 and full["memory_ratio"] == 1.0
+    assert full["step_time_ratio"] == 1.0 and full["state_ratio"] == 1.0
     assert full["trainable"] == full["total"] and full["trainable_pct"] == 100.0
-    for name in ("head", "lora", "prefix", "prompt", "selection", "adalora"):
+    for name in ("head", "lora", "lora_qv", "prefix", "prompt", "selection", "adalora"):
         assert rows[name]["trainable"] < full["trainable"] / 20
-        assert rows[name]["memory_ratio"] < 1          # no gradients / Adam state for the base
+        assert rows[name]["state_ratio"] < 1           # no gradients / Adam state for the base
         assert rows[name]["adapter_bytes"] < full["adapter_bytes"] / 5
     assert rows["head"]["trainable"] == 32 * 2 + 2      # the classifier of the tiny model
+    # placement, r=8, r * (in + out) per matrix: all-linear (q, k, v, attention output,
+    # intermediate, output in each of 2 layers, and the tiny BERT's pooler) vs query, value
+    per_layer = 4 * 8 * (32 + 32) + 2 * 8 * (32 + 64)
+    assert rows["lora"]["trainable"] == 2 * per_layer + 8 * (32 + 32) + 66
+    assert rows["lora_qv"]["trainable"] == 2 * 2 * 8 * (32 + 32) + 66
+    # AdaLoRA at LoRA's final budget: rank 12 -> 8 on the same matrices
+    assert rows["adalora"]["description"].startswith("SVD adapters on all linear layers")
     assert rows["lora"]["infer_merged_s"] is not None   # LoRA can merge
     assert rows["full"]["infer_merged_s"] is None
+    assert rows["selection"]["setup_s"] > rows["head"]["setup_s"]     # Fisher scoring
 
 
 def test_same_seed_same_accuracies(quick_report):
@@ -59,19 +73,72 @@ def test_same_seed_same_accuracies(quick_report):
                (b["method"], b["test_accuracy"], b["final_train_loss"])
 
 
+def test_per_category_accuracy_adds_up_to_test_accuracy(quick_report):
+    cats = ["plain", "negation", "contrast", "expectation reversal",
+            "negation (held-out template)", "contrast (held-out template)",
+            "expectation reversal (held-out template)"]
+    assert compare.report.category_order(quick_report.rows) == cats
+    for r in quick_report.rows:
+        n, acc = r["category_n"], r["category_accuracy"]
+        assert set(n) == set(cats) and sum(n.values()) == 128          # the quick test subset
+        weighted = sum(acc[c] * n[c] for c in cats) / sum(n.values())
+        assert weighted == pytest.approx(r["test_accuracy"], abs=1e-12)
+    assert compare.runner.by_category([1, 0, 1, 1], [1, 1, 1, 0], ["a", "a", "b", "b"]) == \
+        {"a": (0.5, 2), "b": (0.5, 2)}
+
+
+def test_seeds_give_mean_and_sample_std():
+    kw = {"quick": True, "model_fn": tiny_text_model, "device": "cpu", "isolate": False}
+    rep = compare.run(["head"], seeds=3, seed=4, **kw)
+    row = rep.rows[0]
+    singles = [compare.run(["head"], seed=s, **kw).rows[0]["test_accuracy"] for s in (4, 5, 6)]
+    assert row["seeds"] == "4;5;6" and rep.settings["seeds"] == [4, 5, 6]
+    assert row["test_accuracy_runs"] == ";".join(f"{a:.4f}" for a in singles)
+    assert row["test_accuracy"] == pytest.approx(statistics.fmean(singles))
+    assert row["test_accuracy_std"] == pytest.approx(statistics.stdev(singles))
+    with pytest.raises(ValueError, match="seeds"):
+        compare.run(["head"], seeds=0, **kw)
+
+
+def test_isolated_run_matches_in_process_and_measures_its_own_peak():
+    """Each method in a fresh process: the same numbers as in this process (same seed), and a
+    measured peak above the model-loaded baseline, not a lower bound."""
+    kw = {"quick": True, "model_fn": tiny_text_model, "device": "cpu", "seed": 0}
+    iso = compare.run(["full", "lora"], isolate=True, **kw)
+    here = compare.run(["full", "lora"], isolate=False, **kw)
+    for a, b in zip(iso.rows, here.rows):
+        assert a["status"] == "ok", a.get("traceback")
+        assert (a["test_accuracy"], a["final_train_loss"]) == (b["test_accuracy"],
+                                                               b["final_train_loss"])
+        assert a["training_state_bytes"] == b["training_state_bytes"]
+        assert a["measured_peak_bytes"] > 0 and "lower bound" not in a["measured_kind"]
+    full, lora = iso.rows
+    # full fine-tuning makes gradients and Adam state for ~1M parameters resident (12 MB);
+    # both peaks also hold what the first training step loads once (kernels, buffers)
+    extra = full["measured_peak_bytes"] - lora["measured_peak_bytes"]
+    assert extra > 0.5 * (full["gradients_bytes"] + full["optimizer_bytes"])
+    assert iso.settings["isolate"] is True
+
+
 def test_report_files(quick_report, tmp_path):
     paths = quick_report.write(tmp_path)
     with open(paths["csv"]) as f:
         rows = list(csv.DictReader(f))
     assert [r["method"] for r in rows] == [r["method"] for r in quick_report.rows]
-    assert {"method", "test_accuracy", "trainable", "step_time_ratio", "memory_ratio",
-            "adapter_bytes"} <= set(rows[0])
+    assert {"method", "test_accuracy", "test_accuracy_std", "trainable", "step_time_ratio",
+            "training_state_bytes", "state_ratio", "measured_peak_bytes", "measured_ratio",
+            "setup_s", "adapter_bytes", "acc[negation]",
+            "acc[negation (held-out template)]"} <= set(rows[0])
     assert float(rows[0]["test_accuracy"]) == quick_report.rows[0]["test_accuracy"]
+    assert float(rows[0]["acc[negation]"]) == \
+        quick_report.rows[0]["category_accuracy"]["negation"]
     assert json.loads(paths["json"].read_text())["rows"][2]["method"] == "lora"
     assert paths["png"].stat().st_size > 10_000
+    assert paths["categories_png"].stat().st_size > 5_000
     assert compare.Report.load(tmp_path).rows[1]["trainable"] == quick_report.rows[1]["trainable"]
     table = quick_report.table()
-    assert "lora" in table and "x full" in table and "test acc" in table
+    assert "lora_qv" in table and "x full" in table and "test acc" in table
+    assert "negation*" in table and "± std" in table and "setup s" in table
 
 
 def test_missing_and_failing_methods_are_reported_not_faked(monkeypatch):
@@ -83,7 +150,7 @@ def test_missing_and_failing_methods_are_reported_not_faked(monkeypatch):
     specs["head"] = compare.MethodSpec("head", "peftlab.full", "-",
                                        compare.TrainBudget(64, 1, 1e-3), broken)
     monkeypatch.setitem(compare.METHODS, "text", specs)
-    rep = compare.run(["head", "lora"], quick=True, model_fn=tiny_text_model)
+    rep = compare.run(["head", "lora"], quick=True, model_fn=tiny_text_model, isolate=False)
     head, lora = rep.rows
     assert head["status"] == "failed" and "boom" in head["note"]
     assert lora["status"] == "missing" and "no_such_module" in lora["note"]
@@ -91,7 +158,7 @@ def test_missing_and_failing_methods_are_reported_not_faked(monkeypatch):
 
 
 def test_vision_task_quick():
-    rep = compare.run(None, task="vision", quick=True, device="cpu")
+    rep = compare.run(None, task="vision", quick=True, device="cpu", isolate=False)
     assert [r["method"] for r in rep.rows] == ["full", "head", "lora", "selection"]
     assert all(r["status"] == "ok" for r in rep.rows), [r.get("note") for r in rep.rows]
     rows = {r["method"]: r for r in rep.rows}
@@ -100,13 +167,14 @@ def test_vision_task_quick():
 
 def test_cli_quick_run_writes_the_report(tmp_path, capsys):
     code = cli.main(["compare", "--quick", "--methods", "head,lora", "--seed", "1",
-                     "--out", str(tmp_path / "r")])
+                     "--seeds", "2", "--in-process", "--out", str(tmp_path / "r")])
     out = capsys.readouterr().out
-    assert code == 0 and "head" in out and "lora" in out
+    assert code == 0 and "head" in out and "lora" in out and "negation*" in out
     assert {p.name for p in (tmp_path / "r").iterdir()} == {"report.csv", "report.json",
-                                                            "compare.png"}
+                                                            "compare.png", "categories.png"}
     settings = json.loads((tmp_path / "r" / "report.json").read_text())["settings"]
-    assert settings["seed"] == 1 and settings["quick"] is True
+    assert settings["seed"] == 1 and settings["seeds"] == [1, 2] and settings["quick"] is True
+    assert settings["isolate"] is False
 
 
 @pytest.mark.parametrize("argv, option", [
@@ -117,6 +185,8 @@ def test_cli_quick_run_writes_the_report(tmp_path, capsys):
     (["--epochs", "two"], "--epochs"),
     (["--device", "tpu"], "--device"),
     (["--seed", "-3"], "--seed"),
+    (["--seeds", "0"], "--seeds"),
+    (["--seeds", "two"], "--seeds"),
     (["--task", "audio"], "--task"),
 ])
 def test_bad_options_exit_2_naming_the_option(argv, option, capsys):

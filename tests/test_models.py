@@ -94,3 +94,49 @@ def test_encoder_and_mean_pool():
     m = torch.tensor([[1, 1, 0], [1, 0, 0]])
     pooled = models.mean_pool(h, m)
     assert torch.allclose(pooled[0], h[0, :2].mean(0)) and torch.allclose(pooled[1], h[1, 0])
+
+
+def test_mean_pooling_classifier_is_a_linear_probe_of_the_sentence_embeddings():
+    """pooling="mean": the head reads exactly the mean-pooled embeddings the datasheet's
+    linear probe uses (pl.models.embed), not BERT's [CLS] pooler; same seed, same head."""
+    model, tok = models.text_classifier(2, pooling="mean", seed=3)
+    again, _ = models.text_classifier(2, pooling="mean", seed=3)
+    assert type(model).__name__ == "MeanPoolClassifier" and model.config is model.bert.config
+    assert torch.equal(model.classifier.weight, again.classifier.weight)
+    assert model.bert.pooler is None                        # unused, so not a parameter
+    assert sum(p.numel() for p in model.parameters()) == 22_713_216 - 384 * 385 + 770
+    texts = ["The soup was not great.", "I expected the hotel to be awful, but it was lovely."]
+    enc, _ = models.text_encoder()
+    features = models.embed(texts, enc, tok)                                   # (2, 384)
+    batch = tok(texts, padding=True, return_tensors="pt")
+    model.eval()
+    with torch.no_grad():
+        out = model(**batch, labels=torch.tensor([0, 1]))
+    expected = features @ model.classifier.weight.T + model.classifier.bias
+    assert torch.allclose(out.logits, expected, atol=1e-5)
+    assert torch.allclose(out.loss, torch.nn.functional.cross_entropy(expected, torch.tensor([0, 1])),
+                          atol=1e-5)
+    pl.full.apply(model, pl.full.FullConfig(mode="head"))     # head-only: the probe's 770
+    assert pl.measure.count_parameters(model)[0] == 384 * 2 + 2
+    with pytest.raises(ValueError, match="pooling"):
+        models.text_classifier(2, pooling="cls")
+
+
+def test_mean_pooling_classifier_takes_every_method(tiny_bert):
+    """The wrapper is a transformers-style model to every method: prefix and prompt tuning
+    (which edit attention and the embeddings) and LoRA on all linear layers."""
+    from peftlab.models.text import MeanPoolClassifier
+    base = MeanPoolClassifier(tiny_bert.bert, num_labels=2).eval()
+    ids = torch.tensor([[2, 5, 7, 9, 0], [2, 6, 8, 0, 0]])
+    mask = (ids != 0).long()
+    for config in (pl.prefix.PrefixConfig(num_virtual_tokens=3),
+                   pl.prefix.PromptConfig(num_virtual_tokens=3, init="normal"),
+                   pl.lora.LoraConfig(r=2, targets=["all-linear"])):
+        import copy
+        m = copy.deepcopy(base)
+        apply = pl.lora.apply if isinstance(config, pl.lora.LoraConfig) else pl.prefix.apply
+        apply(m, config)
+        out = m(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 1]))
+        out.loss.backward()
+        assert out.logits.shape == (2, 2)
+        assert m.classifier.weight.grad is not None            # the head trains with it

@@ -1,4 +1,15 @@
-"""The comparison report: one row per method, ratios to full fine-tuning, table and files."""
+"""The comparison report: one row per method, ratios to full fine-tuning, tables and files.
+
+Memory is reported twice, under two names, because the two numbers answer different
+questions:
+  training_state_bytes   an exact *count*: weights + gradients + optimizer state + the
+                         activations autograd saved for backward on the first batch
+                         (peftlab.measure). Deterministic; a lower bound of any real peak.
+  measured_peak_bytes    a *measurement*: the peak resident memory above the model-loaded
+                         baseline (CPU, each method in a fresh process; temporaries, allocator
+                         slack and one-off setup such as selection's Fisher scoring included),
+                         or the CUDA allocator's peak above the baseline on a GPU.
+"""
 
 from __future__ import annotations
 
@@ -13,19 +24,56 @@ from peftlab import measure
 def _ratios(rows: list[dict]) -> None:
     ref = next((r for r in rows if r["method"] == "full" and r["status"] == "ok"), None)
     for r in rows:
-        for key, out in (("step_time_s", "step_time_ratio"), ("peak_memory_bytes", "memory_ratio")):
-            r[out] = (r[key] / ref[key] if ref and r["status"] == "ok" and ref[key] else None)
+        for key, out in (("step_time_s", "step_time_ratio"),
+                         ("training_state_bytes", "state_ratio"),
+                         ("measured_peak_bytes", "measured_ratio")):
+            ok = ref and r["status"] == "ok" and ref.get(key) and r.get(key) is not None
+            r[out] = r[key] / ref[key] if ok else None
+
+
+# --- categories: errors by kind --------------------------------------------------------------
+
+HELD_OUT = " (held-out template)"
+ORDER = ["plain", "negation", "contrast", "expectation reversal"]
+
+
+def category_order(rows: list[dict]) -> list[str]:
+    """Categories present in the rows: training templates first, then held-out ones."""
+    cats = {c for r in rows for c in (r.get("category_accuracy") or {})}
+
+    def key(c):
+        base = c.removesuffix(HELD_OUT)
+        return (c.endswith(HELD_OUT), ORDER.index(base) if base in ORDER else len(ORDER), c)
+    return sorted(cats, key=key)
+
+
+def short_category(c: str) -> str:
+    """'expectation reversal (held-out template)' -> 'reversal*' (a column label)."""
+    base = c.removesuffix(HELD_OUT).replace("expectation reversal", "reversal")
+    return base + ("*" if c.endswith(HELD_OUT) else "")
+
+
+def category_column(c: str) -> str:
+    return f"acc[{c}]"
 
 
 # --- the report --------------------------------------------------------------------------------
 
-COLUMNS = ["method", "status", "trainable", "total", "trainable_pct", "step_time_s",
-           "step_time_ratio", "peak_memory_bytes", "memory_ratio", "test_accuracy",
-           "val_accuracy", "adapter_bytes", "infer_s", "infer_merged_s", "setup_s",
-           "train_time_s", "steps", "train_size", "epochs", "batch_size", "lr",
-           "final_train_loss", "test_loss", "weights_bytes", "gradients_bytes",
-           "optimizer_bytes", "activations_bytes", "rss_peak_bytes", "peak_kind", "device",
-           "description", "note"]
+COLUMNS = ["method", "status", "seeds", "trainable", "total", "trainable_pct",
+           "test_accuracy", "test_accuracy_std", "val_accuracy", "val_accuracy_std",
+           "step_time_s", "step_time_ratio", "setup_s", "train_time_s",
+           "training_state_bytes", "state_ratio", "measured_peak_bytes", "measured_ratio",
+           "adapter_bytes", "infer_s", "infer_merged_s", "steps", "train_size", "epochs",
+           "batch_size", "lr", "final_train_loss", "test_loss", "weights_bytes",
+           "gradients_bytes", "optimizer_bytes", "activations_bytes", "measured_kind",
+           "device", "description", "test_accuracy_runs", "note"]
+
+STATE_KIND = ("exact count: weights + gradients + optimizer state + activations saved for "
+              "backward (peftlab.measure)")
+
+
+def _f(v, fmt):
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt(v)
 
 
 @dataclass
@@ -46,56 +94,106 @@ class Report:
         return next(r for r in self.rows if r["method"] == method)
 
     def table(self) -> str:
-        """The printed table: one line per method; ratios are against full fine-tuning."""
-        def f(v, fmt):
-            return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt(v)
-        head = (f"{'method':<10} {'trainable':>12} {'%':>8} {'step ms':>8} {'x full':>7} "
-                f"{'peak mem':>9} {'x full':>7} {'test acc':>8} {'adapter':>9}")
+        """The printed table: one line per method; ratios are against full fine-tuning; the
+        per-category table follows when the task has categories."""
+        mb = measure.human_bytes
+        head = (f"{'method':<10} {'trainable':>11} {'%':>7} {'test acc':>8} {'± std':>6} "
+                f"{'step ms':>7} {'x full':>6} {'setup s':>7} {'state':>9} {'x full':>6} "
+                f"{'peak':>9} {'x full':>6} {'adapter':>9}")
         lines = [head, "-" * len(head)]
         for r in self.rows:
             if r["status"] != "ok":
-                lines.append(f"{r['method']:<10} {r['status'].upper()}: {r['note'][:70]}")
+                lines.append(f"{r['method']:<10} {r['status'].upper()}: {r['note'][:80]}")
                 continue
             lines.append(
-                f"{r['method']:<10} {r['trainable']:>12,} {r['trainable_pct']:>7.3f}% "
-                f"{f(r['step_time_s'], lambda v: f'{1000 * v:.0f}'):>8} "
-                f"{f(r['step_time_ratio'], lambda v: f'{v:.2f}'):>7} "
-                f"{measure.human_bytes(r['peak_memory_bytes']):>9} "
-                f"{f(r['memory_ratio'], lambda v: f'{v:.2f}'):>7} "
-                f"{r['test_accuracy']:>8.3f} {measure.human_bytes(r['adapter_bytes']):>9}")
-        kind = next((r["peak_kind"] for r in self.rows if r["status"] == "ok"), "")
-        lines.append(f"peak mem: {kind}")
+                f"{r['method']:<10} {r['trainable']:>11,} {r['trainable_pct']:>6.3f}% "
+                f"{r['test_accuracy']:>8.3f} {_f(r.get('test_accuracy_std'), lambda v: f'{v:.3f}'):>6} "
+                f"{_f(r['step_time_s'], lambda v: f'{1000 * v:.0f}'):>7} "
+                f"{_f(r.get('step_time_ratio'), lambda v: f'{v:.2f}'):>6} "
+                f"{_f(r.get('setup_s'), lambda v: f'{v:.1f}'):>7} "
+                f"{mb(r['training_state_bytes']):>9} "
+                f"{_f(r.get('state_ratio'), lambda v: f'{v:.2f}'):>6} "
+                f"{_f(r.get('measured_peak_bytes'), mb):>9} "
+                f"{_f(r.get('measured_ratio'), lambda v: f'{v:.2f}'):>6} "
+                f"{measure.human_bytes(r['adapter_bytes']):>9}")
+        seeds = self.settings.get("seeds") or [self.settings.get("seed", 0)]
+        kind = next((r.get("measured_kind") for r in self.rows if r.get("measured_kind")), "-")
+        lines += [(f"test acc: held-out words and templates; mean over {len(seeds)} seed(s) "
+                   f"{', '.join(map(str, seeds))}; ± = sample std over seeds"),
+                  f"state: {STATE_KIND}",
+                  f"peak: measured, {kind}",
+                  "setup: one-off work before training (selection: Fisher scoring)"]
+        cats = self.category_table()
+        return "\n".join(lines) + ("\n\n" + cats if cats else "")
+
+    def category_table(self) -> str:
+        """Test accuracy per category of sentence (errors by kind); '' without categories."""
+        cats = category_order(self.rows)
+        if not cats:
+            return ""
+        ok = [r for r in self.rows if r["status"] == "ok"]
+        n = next(r.get("category_n", {}) for r in ok)
+        head = f"{'method':<10} " + " ".join(f"{short_category(c):>10}" for c in cats)
+        lines = ["test accuracy by kind of sentence (* = held-out template)", head,
+                 f"{'examples':<10} " + " ".join(f"{n.get(c, 0):>10}" for c in cats),
+                 "-" * len(head)]
+        for r in ok:
+            acc = r.get("category_accuracy") or {}
+            lines.append(f"{r['method']:<10} " + " ".join(
+                f"{_f(acc.get(c), lambda v: f'{v:.3f}'):>10}" for c in cats))
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.table()
 
     def figure(self, title: str | None = None):
-        """Accuracy vs trainable parameters, step time and memory bars (plots/compare.py)."""
+        """Accuracy vs trainable parameters, step time and memory (plots/compare.py)."""
         from peftlab.plots.compare import compare_figure
         return compare_figure(self.rows, title=title or f"peftlab compare: {self.task} task")
 
+    def category_figure(self, title: str | None = None):
+        """Per-category test accuracy of every method, a heat map (plots/compare.py)."""
+        from peftlab.plots.compare import category_figure
+        cats = category_order(self.rows)
+        return category_figure(self.rows, cats, [short_category(c) for c in cats],
+                               title=title or "test accuracy by kind of sentence (* = held-out template)")
+
+    def csv_columns(self) -> list[str]:
+        return COLUMNS + [category_column(c) for c in category_order(self.rows)]
+
     def write(self, out: str | Path, plot: bool = True) -> dict[str, Path]:
-        """Write report.csv, report.json and (plot=True) compare.png into the folder `out`."""
+        """Write report.csv, report.json and (plot=True) compare.png, plus categories.png when
+        the task has categories, into the folder `out` (each file written atomically)."""
         import csv
+        import io
+
+        from peftlab.io.files import atomic_write
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"csv": out / "report.csv", "json": out / "report.json"}
-        with open(paths["csv"], "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            for r in self.rows:
-                w.writerow({k: r.get(k) for k in COLUMNS})
-        with open(paths["json"], "w", encoding="utf-8") as fh:
-            json.dump({"task": self.task, "settings": self.settings, "rows": self.rows}, fh,
-                      indent=2, default=str)
-            fh.write("\n")
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=self.csv_columns(), extrasaction="ignore",
+                           lineterminator="\n")
+        w.writeheader()
+        for r in self.rows:
+            acc = r.get("category_accuracy") or {}
+            w.writerow({**{k: r.get(k) for k in COLUMNS},
+                        **{category_column(c): acc.get(c) for c in category_order(self.rows)}})
+        text = buf.getvalue()
+        doc = json.dumps({"task": self.task, "settings": self.settings, "rows": self.rows},
+                         indent=2, default=str) + "\n"
+        for key, content in (("csv", text), ("json", doc)):
+            atomic_write(paths[key], lambda tmp, c=content: Path(tmp).write_text(c, "utf-8"))
         if plot:
             import matplotlib.pyplot as plt
-            fig = self.figure()
-            paths["png"] = out / "compare.png"
-            fig.savefig(paths["png"], dpi=110, bbox_inches="tight")
-            plt.close(fig)
+            figs = [("png", "compare.png", self.figure())]
+            if category_order(self.rows):
+                figs.append(("categories_png", "categories.png", self.category_figure()))
+            for key, name, fig in figs:
+                paths[key] = out / name
+                atomic_write(paths[key], lambda tmp, f=fig: f.savefig(
+                    tmp, dpi=110, bbox_inches="tight", format="png"))
+                plt.close(fig)
         return paths
 
     @classmethod

