@@ -5,6 +5,7 @@ half-written; --resume ends with the same adapter as an uninterrupted run. The R
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -300,3 +301,17 @@ def test_example_data_generator_is_deterministic():
     subprocess.run([sys.executable, str(EXAMPLES / "make_topics.py")], check=True,
                    capture_output=True)
     assert before == {f: (EXAMPLES / f).read_bytes() for f in before}
+
+
+def test_train_precision_bf16_without_cpu_support_runs_fp32_and_records_it(
+        tiny_base, tmp_path, capsys, monkeypatch):
+    """Issue 20: --precision is a run setting; on a CPU without bf16 instructions the run says
+    so in one line, trains in fp32, and run.json records what ran and the CPU's capability."""
+    monkeypatch.setenv("PEFTLAB_CPU_BF16", "0")
+    out = tmp_path / "bf16"
+    with pytest.warns(UserWarning, match="no bf16 instructions"):
+        assert cli.main(train_args(tiny_base, out, "--epochs", "0.5",
+                                   "--precision", "bf16")) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["settings"]["precision"] == "bf16" and info["precision"] == "fp32"
+    assert info["cpu"]["supported"] is False and "isa" in info["cpu"]

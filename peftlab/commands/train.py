@@ -32,7 +32,7 @@ EXAMPLES = """examples:
 SETTINGS = ("data", "text_column", "label_column", "labels", "max_length", "base_model",
             "method", "r", "alpha", "dropout", "targets", "target_r", "virtual_tokens",
             "fraction", "epochs", "lr", "batch_size", "seed", "checkpoint_every", "out",
-            "overwrite")
+            "overwrite", "precision")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -84,6 +84,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--seed", type=opt.seed, default=0, help="default 0")
     t.add_argument("--device", type=opt.device, default=None,
                    help="cpu, cuda, cuda:N or mps (default: the best available)")
+    t.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="fp32",
+                   help="fp32 (default); bf16 autocast where the CPU/GPU has it (a CPU without "
+                        "bf16 instructions runs fp32 and says so); fp16 needs CUDA; auto picks")
     t.add_argument("--checkpoint-every", type=opt.positive_int, default=100, metavar="STEPS",
                    help="save a checkpoint every STEPS steps (default 100; a stop always "
                         "saves one)")
@@ -266,6 +269,7 @@ def execute(args, plan: dict) -> int:
             model, ds.train, ds.validation, tokenizer=tok, epochs=s["epochs"], lr=s["lr"],
             batch_size=s["batch_size"], max_length=s["max_length"], device=args.device,
             seed=s["seed"], progress=args.progress, callbacks=callbacks,
+            precision=s.get("precision", "fp32"),
             checkpoint_every=s["checkpoint_every"], checkpoint_dir=ckdir,
             resume_from=ckdir if plan["resuming"] else None)
     except BaseException as e:      # noqa: BLE001  (Ctrl-C twice included: clean up, explain)
@@ -292,7 +296,9 @@ def execute(args, plan: dict) -> int:
     pl.save_adapter(model, staging / runs.ADAPTER_DIR)
     runs.write_run(staging, _info(plan, "done", step, validation=result.final,
                                   test=test, train_time_s=result.train_time,
-                                  trainable=result.trainable, total_parameters=result.total))
+                                  trainable=result.trainable, total_parameters=result.total,
+                                  precision=result.precision,
+                                  cpu=pl.train.precision.cpu_bf16_support()))
     runs.finish(staging, out)
     print(f"{describe(s)}: validation accuracy {result.final.get('accuracy', float('nan')):.3f}, "
           f"test accuracy {test['accuracy']:.3f} ({test['n']} examples)")

@@ -16,9 +16,11 @@ from peftlab.train.checkpoint import CheckpointError
 from peftlab.train.history import HistoryLog, StopAfter, read_history
 from peftlab.train.distributed import init_distributed, is_main_process, shard, world
 from peftlab.train.loop import fit
+from peftlab.train.precision import Precision, cpu_bf16_support, resolve_precision
 from peftlab.train.results import FitResult, FitState
 
-__all__ = ["CheckpointError", "FitResult", "FitState", "HistoryLog", "StopAfter", "as_loader",
+__all__ = ["CheckpointError", "FitResult", "FitState", "HistoryLog", "Precision", "StopAfter",
+           "as_loader", "cpu_bf16_support", "resolve_precision",
            "check_labels", "evaluate", "fit", "forward", "read_history",
            "init_distributed", "is_main_process", "logits_of", "loss_fn", "shard",
            "split_batch", "to_device", "world"]
