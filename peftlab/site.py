@@ -127,12 +127,18 @@ def _nav(prev: str | None, nxt: str | None) -> str:
     return f"<nav class='peftlab-nav'>{''.join(parts)}</nav>"
 
 
-def render_page(nb, title: str) -> str:
+def _exporter():
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
     exporter = HTMLExporter(template_name="lab",
                             extra_loaders=[DictLoader({"peftlab_site.html.j2": TEMPLATE})])
     exporter.template_file = "peftlab_site.html.j2"
+    return exporter
+
+
+def render_page(nb, title: str, exporter=None) -> str:
+    """One self-contained HTML page for a notebook (widgets as snapshots, no CDN tags)."""
+    exporter = exporter or _exporter()
     body, _ = exporter.from_notebook_node(for_page(nb), resources={"metadata": {"name": title}})
     return body
 
@@ -145,7 +151,7 @@ def build(out, notebooks: Path | str | None = None, quiet: bool = False) -> list
     out.mkdir(parents=True, exist_ok=True)
     pages = {p.name for p in paths}
     names = [p.stem + ".html" for p in paths]
-    written = []
+    written, exporter = [], _exporter()
     readme = src / "README.md"
     body = (markdown2html_mistune(readme.read_text(encoding="utf-8")) if readme.exists() else
             "<h1>Course</h1><ul>" + "".join(f"<li><a href='{n}'>{n[:-5]}</a></li>"
@@ -154,7 +160,7 @@ def build(out, notebooks: Path | str | None = None, quiet: bool = False) -> list
     atomic_write(out / "index.html", lambda t: Path(t).write_text(index, encoding="utf-8"))
     written.append(out / "index.html")
     for i, path in enumerate(paths):
-        html = render_page(_read(path), path.stem)
+        html = render_page(_read(path), path.stem, exporter)
         nav = _nav(names[i - 1] if i else None, names[i + 1] if i + 1 < len(names) else None)
         html = re.sub(r"(<body[^>]*>)", lambda m, nav=nav: m.group(1) + nav,
                       _links(html, pages), count=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import re
 
 import pytest
 import torch
@@ -427,3 +428,46 @@ def test_figures_keep_their_natural_size():
                                                 "ranks": {"a.0.q": [1]}}).image):
         lay = image.layout
         assert (lay.align_self, lay.max_width, lay.height) == ("flex-start", "100%", "auto")
+
+
+# --- snapshots from stored widget state, and the saveState setting -----------------------
+
+def test_snapshot_html_draws_the_stored_state(tiny_bert):
+    import base64
+
+    from ipywidgets.embed import dependency_state
+
+    from peftlab.widgets.snapshot import add_snapshots, snapshot_html
+    ex = widgets.LoraExplorer(tiny_bert)
+    ex.r.value = 6
+    state = dependency_state(ex.widget)       # {id: model}, as nbconvert stores in a notebook
+    html = snapshot_html(ex.widget.model_id, state)
+    assert "rank r: <b>6</b>" in html and "targets: <b>query, value</b>" in html
+    assert "&#9744; rsLoRA" in html and "r=6, alpha=16" in html
+    png = re.search(r"src='data:image/png;base64,([^']+)'", html).group(1)
+    assert base64.b64decode(png) == ex.image.value                 # the figure, byte for byte
+    nb = {"metadata": {"widgets": {"application/vnd.jupyter.widget-state+json":
+                                   {"state": state}}},
+          "cells": [{"cell_type": "code", "outputs": [{"output_type": "display_data", "data": {
+              "application/vnd.jupyter.widget-view+json": {"model_id": ex.widget.model_id},
+              "text/plain": "VBox(children=..."}}]}]}
+    assert add_snapshots(nb) == 1
+    assert nb["cells"][0]["outputs"][0]["data"]["text/html"] == html
+    with pytest.raises(KeyError, match="saved without it"):
+        snapshot_html("0" * 32, state)
+
+
+def test_lab_setting_turns_on_save_state(tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    from peftlab.widgets.lab_settings import PLUGIN, install
+    path = install(tmp_path)
+    assert path == tmp_path / "overrides.d" / "peftlab.json"
+    assert json.loads(path.read_text()) == {PLUGIN: {"saveState": True}}
+    # the setting exists in the installed JupyterLab widget manager, under that name
+    schema = Path(sys.prefix) / "share/jupyter/labextensions/@jupyter-widgets/jupyterlab-manager" \
+        / "schemas/@jupyter-widgets/jupyterlab-manager/plugin.json"
+    assert PLUGIN.endswith(":plugin") and "saveState" in json.loads(schema.read_text())[
+        "properties"]

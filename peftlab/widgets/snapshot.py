@@ -28,6 +28,9 @@ WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 SNAPSHOT_CLASS = "peftlab-widget-snapshot"
 
 _BOX = "display:flex;gap:4px 12px;"
+# ipywidgets' default readouts (state saved without defaults leaves them out)
+_READOUT = {"FloatSliderModel": ".2f", "FloatRangeSliderModel": ".2f",
+            "FloatLogSliderModel": ".3g"}
 _CONTROL = ("display:inline-block;padding:2px 6px;margin:1px 0;border:1px solid #ccc;"
             "border-radius:3px;font-size:12px;font-family:sans-serif")
 
@@ -64,7 +67,7 @@ def _label(s: dict) -> str:
 
 def _chosen(s: dict) -> str:
     labels, index = s.get("_options_labels") or [], s.get("index")
-    if isinstance(index, list):
+    if isinstance(index, (list, tuple)):
         return ", ".join(_esc(labels[i]) for i in index if 0 <= i < len(labels))
     if isinstance(index, int) and 0 <= index < len(labels):
         return _esc(labels[index])
@@ -120,8 +123,9 @@ def _render(mid: str, state: dict, depth: int) -> str:
         return f"<div>{_progress(s)}</div>"
     if name.endswith("SliderModel") and name != "SelectionSliderModel":
         v = s.get("value")
-        shown = (" - ".join(_fmt(x, s.get("readout_format")) for x in v)
-                 if isinstance(v, list) else _fmt(v, s.get("readout_format")))
+        fmt = s.get("readout_format") or _READOUT.get(name)
+        shown = (" - ".join(_fmt(x, fmt) for x in v) if isinstance(v, (list, tuple))
+                 else _fmt(v, fmt))
         return (f"<span style='{_CONTROL}'>{_label(s)}<b>{_esc(shown)}</b> "
                 f"<span style='color:#888'>({_esc(s.get('min'))} to {_esc(s.get('max'))})"
                 f"</span></span>")
