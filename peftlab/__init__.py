@@ -17,7 +17,9 @@ import importlib
 
 from peftlab import core, data, io, measure, models, runtime, train
 from peftlab.core.registry import after_step, regularization
+from peftlab.export import export_merged
 from peftlab.io.adapters import load_adapter, save_adapter
+from peftlab.lora.named import adapter_names, delete_adapter, disable_adapters, set_adapter
 from peftlab.predict import Predictions, predict
 from peftlab.report import trainable_report
 
@@ -34,7 +36,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'peftlab' has no attribute {name!r}")
 
 
-__all__ = ["Predictions", "after_step", "core", "data", "io", "load_adapter", "measure",
+__all__ = ["Predictions", "adapter_names", "after_step", "core", "data", "delete_adapter",
+           "disable_adapters", "export_merged", "io", "load_adapter", "measure", "set_adapter",
            "models", "predict", "regularization", "runtime", "save_adapter", "train",
            "trainable_report",
            *sorted(_LAZY)]

@@ -17,6 +17,7 @@ pl.data.set_label_names, by fit() on named data, and by pl.load_adapter).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ from peftlab.core.batches import logits_of
 from peftlab.core.state import eval_mode
 from peftlab.data.labels import label_names_of
 from peftlab.data.lengths import model_limit
+from peftlab.lora.named import route
 
 
 @dataclass
@@ -109,7 +111,7 @@ def _as_inputs(inputs):
 
 def predict(model: nn.Module, tokenizer=None, inputs=None, *, batch_size: int = 32,
             max_length: int | None = None, label_names: list[str] | None = None,
-            device=None) -> Predictions:
+            device=None, adapter_names: list | None = None) -> Predictions:
     """Predict the label of each input; see the module docstring.
 
     model: any classifier (plain, with an adapter, or merged). tokenizer: the model's
@@ -118,7 +120,8 @@ def predict(model: nn.Module, tokenizer=None, inputs=None, *, batch_size: int = 
     max_length: tokens kept per text (default: the longest the model takes, at most 512).
     label_names: names for the class ids (default: model.config.id2label when it holds real
     names). device: where to run (default: where the model's parameters are; the model is
-    not moved).
+    not moved). adapter_names: one LoRA adapter name per input (see pl.load_adapter(...,
+    name=)): each row goes through its own adapter, mixed in one forward pass per batch.
     """
     if inputs is None and (torch.is_tensor(tokenizer) or isinstance(tokenizer, (str, list))):
         tokenizer, inputs = None, tokenizer     # pl.predict(model, images) / (model, texts)
@@ -130,13 +133,19 @@ def predict(model: nn.Module, tokenizer=None, inputs=None, *, batch_size: int = 
     inputs = _as_inputs(inputs)
     if len(inputs) == 0:
         raise ValueError("pl.predict got no inputs.")
+    if adapter_names is not None and len(adapter_names) != len(inputs):
+        raise ValueError(f"adapter_names has {len(adapter_names)} names for {len(inputs)} "
+                         f"inputs: give one adapter name per input.")
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     chunks = []
     with torch.no_grad(), eval_mode(model):
-        for batch in _batches(model, tokenizer, inputs, batch_size, max_length):
+        for i, batch in enumerate(_batches(model, tokenizer, inputs, batch_size, max_length)):
             batch = {k: v.to(dev) for k, v in batch.items()} if isinstance(batch, dict) \
                 else batch.to(dev)
-            chunks.append(torch.softmax(logits_of(model, batch).float(), dim=-1).cpu())
+            routing = contextlib.nullcontext() if adapter_names is None else \
+                route(model, adapter_names[i * batch_size:(i + 1) * batch_size])
+            with routing:
+                chunks.append(torch.softmax(logits_of(model, batch).float(), dim=-1).cpu())
     probs = torch.cat(chunks)
     names = list(label_names) if label_names is not None else label_names_of(model)
     if names and len(names) != probs.shape[1]:

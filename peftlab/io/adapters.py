@@ -205,13 +205,25 @@ def adapter_label_names(path: str | Path) -> list[str]:
     return names
 
 
-def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
+def load_adapter(model: nn.Module, path: str | Path, name: str | None = None) -> nn.Module:
     """Load an adapter onto `model` (format detected). On a plain base model the saved method
     is applied first. Everything is checked on a copy before the model itself is touched.
-    Class names saved with the adapter go to model.config.id2label / label2id."""
+    Class names saved with the adapter go to model.config.id2label / label2id.
+
+    name: load it as a named adapter beside those already on the model (LoRA, and AdaLoRA
+    after to_lora; see pl.set_adapter, peftlab/lora/named.py); loading a name again replaces
+    that adapter. On a plain model the first adapter gets this name (default "default")."""
     _, method, config, tensors = read_adapter(path)
     names = adapter_label_names(path)
     current = get_method(model)
+    if name is not None:
+        named = getattr(method_module(method), "load_named", None)
+        if named is None:
+            raise AdapterError(f"Named adapters are implemented for LoRA (and AdaLoRA after "
+                               f"pl.adalora.to_lora); {path} holds a {method!r} adapter. Load "
+                               f"it without name= onto its own base model.")
+        if current == method and name != method_module(method).adapter_names(model)[0]:
+            return named(model, name, config, tensors, names, str(path))
     if current is not None and current != method:
         raise AdapterError(f"{path} holds a {method!r} adapter but the model carries "
                            f"{current!r}; load it onto a plain base model.")
@@ -238,6 +250,8 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
     except (ValueError, RuntimeError, KeyError) as e:
         raise AdapterError(f"The adapter in {path} does not fit this model: {e}") from e
     attach(model)
+    if name is not None and current is None:
+        method_module(method).rename_first(model, name)
     return model
 
 

@@ -3,6 +3,7 @@
     lora.py     the layers: y = W x + b + scale * B A x  (Linear, Conv1D, Conv2d, Embedding)
     surgery.py  the surgery: plan, apply, merge, unmerge, unload; spectra of the updates
     format.py   saving / loading and the Hugging Face PEFT format
+    named.py    several named adapters on one base, mixed-adapter batches
 
     cfg = pl.lora.LoraConfig(r=8, alpha=16, targets=["query", "value"])
     pl.lora.apply(model, cfg); pl.lora.merge(model); pl.lora.unmerge(model); pl.lora.unload(model)
@@ -21,9 +22,21 @@ from peftlab.lora.lora import (
     LoraEmbedding,
     LoraLayer,
     LoraLinear,
+    LoraParts,
     dims,
     lora_scale,
     max_rank,
+)
+from peftlab.lora.named import (
+    HeadBank,
+    active_adapter,
+    adapter_names,
+    delete_adapter,
+    disable_adapters,
+    load_named,
+    rename_first,
+    route,
+    set_adapter,
 )
 from peftlab.lora.surgery import (
     LoraConfig,
@@ -39,8 +52,37 @@ from peftlab.lora.surgery import (
 )
 
 __all__ = [
-    "HF_UNSUPPORTED", "SUPPORTED", "LoraConfig", "LoraConv2d", "LoraEmbedding", "LoraLayer",
-    "LoraLinear", "adapter_state_dict", "apply", "count_parameters", "delta_weight", "dims",
-    "from_hf_peft", "load_adapter_state", "lora_layers", "lora_scale", "max_rank", "merge",
-    "plan", "spectrum", "to_hf_peft", "unload", "unmerge",
+    "HF_UNSUPPORTED",
+    "SUPPORTED",
+    "HeadBank",
+    "LoraConfig",
+    "LoraConv2d",
+    "LoraEmbedding",
+    "LoraLayer",
+    "LoraLinear",
+    "LoraParts",
+    "active_adapter",
+    "adapter_names",
+    "adapter_state_dict",
+    "apply",
+    "count_parameters",
+    "delete_adapter",
+    "delta_weight",
+    "dims",
+    "disable_adapters",
+    "from_hf_peft",
+    "load_adapter_state",
+    "load_named",
+    "lora_layers",
+    "lora_scale",
+    "max_rank",
+    "merge",
+    "plan",
+    "rename_first",
+    "route",
+    "set_adapter",
+    "spectrum",
+    "to_hf_peft",
+    "unload",
+    "unmerge",
 ]

@@ -23,8 +23,11 @@ from peftlab.lora.surgery import LoraConfig, lora_layers
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every lora_ tensor plus the parameters of modules_to_save, by their names in the model."""
+    # only the first adapter: the others (pl.load_adapter(..., name=...)) sit under
+    # "<layer>.others." and are never part of this adapter's file
+    others = tuple(f"{n}.others." for n, m in lora_layers(model).items() if "others" in m._modules)
     state = {k: v.detach() for k, v in model.state_dict(keep_vars=True).items()
-             if ".lora_" in k}
+             if ".lora_" in k and not k.startswith(others)}
     for head in get_config(model).modules_to_save or []:
         for k, v in model.get_submodule(head).state_dict(keep_vars=True).items():
             state[f"{head}.{k}"] = v.detach()

@@ -11,6 +11,12 @@
 On fp16 / bf16 base layers A and B are kept in fp32 and the update is cast back to the
 base's dtype (as Hugging Face PEFT does); elsewhere they take the base's dtype.
 
+Named adapters on one base (pl.load_adapter(model, path, name=...)): the first adapter keeps
+its tensors on the layer itself (lora_A / lora_B: state_dict keys, saved files and the HF PEFT
+layout exactly as with one adapter); each further one is a LoraParts in the ModuleDict
+`others`. `active` names the adapter forward adds (None: base only); `rows` (set by
+pl.lora.named.route) names one per batch row: one forward pass serves mixed adapters.
+
 Parameter names and initialisation follow Hugging Face PEFT (lora_A / lora_B,
 lora_embedding_A / lora_embedding_B, the wrapped layer as `base_layer`), so state dicts
 map one to one and adapters trained here load there (and back) with identical outputs.
@@ -52,8 +58,21 @@ def max_rank(module: nn.Module) -> int:
     return min(dims(module))
 
 
+class LoraParts(nn.Module):
+    """The tensors of one named adapter beside the first: lora_A, lora_B (and lora_dropout)
+    with its own r, alpha and scale. The first adapter keeps the same attributes on the layer
+    itself, so each layer's math reads `p.lora_A`, `p.scale` with p = the layer or a LoraParts."""
+
+    def __init__(self, r: int, alpha: float, rslora: bool = False):
+        super().__init__()
+        self.r, self.alpha, self.scale = r, alpha, lora_scale(alpha, r, rslora)
+
+    extra_repr = lambda self: f"r={self.r}, alpha={self.alpha}, scale={self.scale:g}"
+
+
 class LoraLayer(AdapterLayer):
-    """Common part: r, alpha, scale, the `merged` flag and merge/unmerge on the base weight."""
+    """Common part: r, alpha, scale, the `merged` flag, merge/unmerge on the base weight, and
+    the named adapters (see the module docstring)."""
 
     method = "lora"
 
@@ -64,6 +83,83 @@ class LoraLayer(AdapterLayer):
         self.alpha = alpha
         self.scale = lora_scale(alpha, r, rslora)
         self.merged = False   # True while scale * B @ A sits inside base_layer.weight
+        self.primary = "default"       # the name of the adapter held on the layer itself
+        self.active: str | None = "default"   # the adapter forward adds; None: base only
+        self.rows: list | None = None  # one adapter name per batch row (mixed batches)
+
+    # --- named adapters ------------------------------------------------------------------
+    def adapter_names(self) -> list[str]:
+        others = self._modules.get("others")
+        return [self.primary, *(others.keys() if others is not None else [])]
+
+    def parts(self, name: str) -> nn.Module:
+        """The holder of adapter `name`'s tensors: the layer itself for the first adapter."""
+        if name == self.primary:
+            return self
+        others = self._modules.get("others")
+        if others is None or name not in others:
+            raise KeyError(f"{name!r} is not an adapter of this layer "
+                           f"(it has {self.adapter_names()}).")
+        return others[name]
+
+    def make_parts(self, r: int, alpha: float, dropout: float = 0.0,
+                   rslora: bool = False) -> LoraParts:
+        """A new holder of A, B (frozen: for inference); add_adapter(name, parts) puts it in."""
+        p = LoraParts(r, alpha, rslora)
+        self._build(p, r, dropout)
+        return p.requires_grad_(False)
+
+    def add_adapter(self, name: str, parts: LoraParts) -> None:
+        if name == self.primary:
+            raise ValueError(f"{name!r} is the adapter held on the layer itself.")
+        if "others" not in self._modules:
+            self.others = nn.ModuleDict()
+        self.others[name] = parts              # replaces an adapter of that name
+
+    def remove_adapter(self, name: str) -> None:
+        if name == self.primary:
+            raise ValueError(f"{name!r} is held on the layer itself and cannot be removed alone.")
+        self.parts(name)                          # KeyError naming the adapters if unknown
+        del self.others[name]
+        if not len(self.others):
+            del self.others
+
+    def _added(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """What the adapters add to y = base(x): the active adapter's update, or with `rows`
+        set, row i gets the update of adapter rows[i] (None / an adapter that does not target
+        this layer: nothing). Rows are gathered per adapter, so each row's numbers are those
+        it would get alone."""
+        names = self.adapter_names()
+        if self.rows is None:
+            if self.active not in names:
+                return None
+            return self._update(self.parts(self.active), x).to(y.dtype)
+        if len(self.rows) != x.shape[0]:
+            raise ValueError(f"{len(self.rows)} adapter names for a batch of {x.shape[0]} rows: "
+                             f"give one adapter name per input.")
+        out = torch.zeros_like(y)
+        for name in dict.fromkeys(self.rows):
+            if name not in names:
+                continue
+            idx = torch.tensor([i for i, n in enumerate(self.rows) if n == name],
+                               device=x.device)
+            upd = self._update(self.parts(name), x.index_select(0, idx))
+            out = out.index_copy(0, idx, upd.to(y.dtype))
+        return out
+
+    def _check_merged_forward(self) -> None:
+        if self.rows is not None:
+            raise RuntimeError("A merged LoRA layer cannot serve a mixed-adapter batch (its "
+                               "weight holds one adapter): call pl.lora.unmerge(model) first.")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Linear and Conv2d: y = base(x) + what the adapters add (nothing once merged)."""
+        y = self.base_layer(x)                                      # (..., d_out)
+        if self.merged:
+            self._check_merged_forward()
+            return y
+        add = self._added(x, y)
+        return y if add is None else y + add
 
     @staticmethod
     def count(module: nn.Module, r: int) -> int:
@@ -71,16 +167,23 @@ class LoraLayer(AdapterLayer):
         d_in, d_out = dims(module)
         return r * (d_in + d_out)
 
-    def delta_weight(self) -> torch.Tensor:  # pragma: no cover - each layer defines it
-        raise NotImplementedError
+    def delta_weight(self, name: str | None = None) -> torch.Tensor:
+        """scale * B @ A of adapter `name` (default: the first), in the base weight's shape."""
+        return self._delta(self.parts(name or self.primary))
+
+    # each layer defines _build(p, r, dropout), _update(p, x) and _delta(p)
 
     def _delta_for_merge(self) -> torch.Tensor:
         w = self.base_layer.weight
-        return self.delta_weight().to(w.dtype)
+        name = self.__dict__.get("_merged_name", self.primary)
+        if name not in self.adapter_names():     # the adapter does not target this layer
+            return torch.zeros_like(w)
+        return self.delta_weight(name).to(w.dtype)
 
     @torch.no_grad()
     def merge(self, untie: bool = False) -> None:
-        """W <- W + scale * B @ A; the forward pass then skips A and B. A no-op when merged.
+        """W <- W + scale * B @ A of the active adapter; the forward pass then skips A and B.
+        A no-op when merged.
 
         untie=True (the base weight is tied to another module, e.g. GPT-2's wte and lm_head):
         the layer gets its own merged copy W + scale * B @ A and the shared W is left as it
@@ -88,6 +191,10 @@ class LoraLayer(AdapterLayer):
         tensor back (tie restored, bit for bit)."""
         if self.merged:
             return
+        if self.active is None:
+            raise RuntimeError("Adapters are disabled (pl.disable_adapters): there is no "
+                               "adapter to merge. Merge outside the `with` block.")
+        self.__dict__["_merged_name"] = self.active
         w = self.base_layer.weight
         if untie:
             self.__dict__["_tied_weight"] = w     # a plain attribute: not registered twice
@@ -108,6 +215,7 @@ class LoraLayer(AdapterLayer):
             self.base_layer.weight = tied
         else:
             self.base_layer.weight.sub_(self._delta_for_merge())
+        self.__dict__.pop("_merged_name", None)
         self.merged = False
 
     @property
@@ -134,25 +242,25 @@ class LoraLinear(LoraLayer):
     def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float = 0.0,
                  rslora: bool = False):
         super().__init__(base_layer, r, alpha, rslora)
-        d_in, d_out = dims(base_layer)
         self.fan_in_fan_out = is_conv1d(base_layer)
-        w = base_layer.weight
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self._build(self, r, dropout)
+
+    def _build(self, p: nn.Module, r: int, dropout: float) -> None:
+        d_in, d_out = dims(self.base_layer)
+        w = self.base_layer.weight
+        p.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         dt = adapter_dtype(w)
-        self.lora_A = nn.Linear(d_in, r, bias=False, device=w.device, dtype=dt)
-        self.lora_B = nn.Linear(r, d_out, bias=False, device=w.device, dtype=dt)
-        _kaiming(self.lora_A.weight)
-        nn.init.zeros_(self.lora_B.weight)     # the update starts at exactly zero
+        p.lora_A = nn.Linear(d_in, r, bias=False, device=w.device, dtype=dt)
+        p.lora_B = nn.Linear(r, d_out, bias=False, device=w.device, dtype=dt)
+        _kaiming(p.lora_A.weight)
+        nn.init.zeros_(p.lora_B.weight)        # the update starts at exactly zero
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(x)                                      # (..., d_out)
-        if self.merged:
-            return y
-        x = x.to(self.lora_A.weight.dtype)
-        return y + (self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scale).to(y.dtype)
+    def _update(self, p: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(p.lora_A.weight.dtype)
+        return p.lora_B(p.lora_A(p.lora_dropout(x))) * p.scale      # (..., d_out)
 
-    def delta_weight(self) -> torch.Tensor:
-        d = (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scale  # (d_out, d_in)
+    def _delta(self, p: nn.Module) -> torch.Tensor:
+        d = (p.lora_B.weight.float() @ p.lora_A.weight.float()) * p.scale   # (d_out, d_in)
         return d.T if self.fan_in_fan_out else d
 
 
@@ -167,26 +275,25 @@ class LoraConv2d(LoraLayer):
     def __init__(self, base_layer: nn.Conv2d, r: int, alpha: float, dropout: float = 0.0,
                  rslora: bool = False):
         super().__init__(base_layer, r, alpha, rslora)
-        b, w = base_layer, base_layer.weight
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self._build(self, r, dropout)
+
+    def _build(self, p: nn.Module, r: int, dropout: float) -> None:
+        b, w = self.base_layer, self.base_layer.weight
+        p.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         dt = adapter_dtype(w)
-        self.lora_A = nn.Conv2d(b.in_channels, r, b.kernel_size, b.stride, b.padding, b.dilation,
-                                bias=False, padding_mode=b.padding_mode, device=w.device,
-                                dtype=dt)
-        self.lora_B = nn.Conv2d(r, b.out_channels, 1, 1, bias=False, device=w.device, dtype=dt)
-        _kaiming(self.lora_A.weight)
-        nn.init.zeros_(self.lora_B.weight)
+        p.lora_A = nn.Conv2d(b.in_channels, r, b.kernel_size, b.stride, b.padding, b.dilation,
+                             bias=False, padding_mode=b.padding_mode, device=w.device, dtype=dt)
+        p.lora_B = nn.Conv2d(r, b.out_channels, 1, 1, bias=False, device=w.device, dtype=dt)
+        _kaiming(p.lora_A.weight)
+        nn.init.zeros_(p.lora_B.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(x)
-        if self.merged:
-            return y
-        x = x.to(self.lora_A.weight.dtype)
-        return y + (self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scale).to(y.dtype)
+    def _update(self, p: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(p.lora_A.weight.dtype)
+        return p.lora_B(p.lora_A(p.lora_dropout(x))) * p.scale
 
-    def delta_weight(self) -> torch.Tensor:
-        b = self.lora_B.weight.float()[:, :, 0, 0]                   # (C_out, r)
-        return torch.einsum("ok,kiuv->oiuv", b, self.lora_A.weight.float()) * self.scale
+    def _delta(self, p: nn.Module) -> torch.Tensor:
+        b = p.lora_B.weight.float()[:, :, 0, 0]                      # (C_out, r)
+        return torch.einsum("ok,kiuv->oiuv", b, p.lora_A.weight.float()) * p.scale
 
 
 class LoraEmbedding(LoraLayer):
@@ -205,30 +312,39 @@ class LoraEmbedding(LoraLayer):
 
     def __init__(self, base_layer: nn.Embedding, r: int, alpha: float, rslora: bool = False):
         super().__init__(base_layer, r, alpha, rslora)
-        w = base_layer.weight
-        n, dim = base_layer.num_embeddings, base_layer.embedding_dim
+        self._build(self, r, 0.0)
+
+    def _build(self, p: nn.Module, r: int, dropout: float) -> None:
+        w = self.base_layer.weight
+        n, dim = self.base_layer.num_embeddings, self.base_layer.embedding_dim
         dt = adapter_dtype(w)
-        self.lora_embedding_A = nn.Parameter(torch.zeros(r, n, device=w.device, dtype=dt))
-        self.lora_embedding_B = nn.Parameter(torch.empty(dim, r, device=w.device, dtype=dt))
-        nn.init.normal_(self.lora_embedding_B)
+        p.lora_embedding_A = nn.Parameter(torch.zeros(r, n, device=w.device, dtype=dt))
+        p.lora_embedding_B = nn.Parameter(torch.empty(dim, r, device=w.device, dtype=dt))
+        nn.init.normal_(p.lora_embedding_B)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         b = self.base_layer
         if self.merged:
+            self._check_merged_forward()
             return b(ids)
         if b.max_norm is None:
             y = b(ids)                                              # (..., dim)
         else:                        # look up without the in-place renorm; renorm the sum below
             y = F.embedding(ids, b.weight, b.padding_idx, None, b.norm_type,
                             b.scale_grad_by_freq, b.sparse)
-        after_a = F.embedding(ids, self.lora_embedding_A.T, padding_idx=b.padding_idx,
-                              scale_grad_by_freq=b.scale_grad_by_freq, sparse=b.sparse)  # (..., r)
-        out = y + ((after_a @ self.lora_embedding_B.T) * self.scale).to(y.dtype)
+        add = self._added(ids, y)
+        out = y if add is None else y + add
         if b.max_norm is not None:   # as torch.embedding_renorm_: rows above max_norm scaled down
             norm = out.norm(p=b.norm_type, dim=-1, keepdim=True)
             out = out * torch.where(norm > b.max_norm, b.max_norm / (norm + 1e-7), 1.0)
         return out
 
-    def delta_weight(self) -> torch.Tensor:
-        d = self.lora_embedding_B.float() @ self.lora_embedding_A.float()          # (dim, n)
-        return d.T * self.scale
+    def _update(self, p: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        b = self.base_layer
+        after_a = F.embedding(ids, p.lora_embedding_A.T, padding_idx=b.padding_idx,
+                              scale_grad_by_freq=b.scale_grad_by_freq, sparse=b.sparse)  # (..., r)
+        return (after_a @ p.lora_embedding_B.T) * p.scale                               # (..., dim)
+
+    def _delta(self, p: nn.Module) -> torch.Tensor:
+        d = p.lora_embedding_B.float() @ p.lora_embedding_A.float()          # (dim, n)
+        return d.T * p.scale

@@ -256,6 +256,11 @@ def unload(model: nn.Module, merge: bool = True) -> nn.Module:
     recorded at apply: the base model, bit for bit (unmerging a merged layer subtracts the
     update again, equal to the base up to float rounding)."""
     layers = _layers_or_raise(model, "unload")
+    bank = model._modules.pop("peftlab_heads", None)     # heads of named adapters (named.py)
+    if merge and bank is not None and bank.active in bank.banks:   # keep the active one's
+        with torch.no_grad():
+            for key, head in bank.banks[bank.active].items():
+                model.get_submodule(key.replace("__", ".")).load_state_dict(head.state_dict())
     if merge:
         tied = tied_parameter_ids(model)
         for layer in layers.values():

@@ -1,0 +1,87 @@
+"""pl.export_merged: the adapted model as a plain transformers folder, loadable without peftlab.
+
+    pl.export_merged(model, "deploy/support", tokenizer=tokenizer)
+    # anywhere, no peftlab needed:
+    AutoModelForSequenceClassification.from_pretrained("deploy/support")
+
+The update is merged into a copy of the model (W <- W + scale * B @ A for LoRA, the active
+named adapter and its head when there are several; AdaLoRA and selection deltas likewise;
+full fine-tuning and head-only are plain models already), the copy is unloaded to the
+model's own transformers classes and written with save_pretrained (config.json,
+model.safetensors), the tokenizer beside it, class names in config.id2label / label2id.
+The caller's model is not touched. The folder is written to a temporary sibling and moved
+into place at the end, so a crash never leaves a half-written export behind.
+
+Prefix and prompt tuning cannot be merged into weights (their virtual tokens are extra
+inputs, not a weight update): they are refused with that reason.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from torch import nn
+
+from peftlab.core.registry import method_module
+from peftlab.core.state import get_method, unmark
+from peftlab.data.labels import label_names_of, set_label_names
+
+MERGEABLE = {"lora": True, "adalora": True, "selection": True, "full": None}
+
+
+def merged_copy(model: nn.Module) -> nn.Module:
+    """A plain copy of `model` with its adapter merged into the weights."""
+    method = get_method(model)
+    if method is not None and method not in MERGEABLE:
+        raise ValueError(f"A {method!r} adapter cannot be merged into the base weights (its "
+                         f"virtual tokens are extra inputs, not a weight update), so there is "
+                         f"no plain model to export; save it with pl.save_adapter instead.")
+    clone = copy.deepcopy(model)
+    if method is None:
+        return clone
+    if MERGEABLE[method]:
+        method_module(method).unload(clone, merge=True)
+    else:
+        unmark(clone)                    # full fine-tuning: the weights are the model already
+    return clone
+
+
+def export_merged(model: nn.Module, path: str | Path, tokenizer=None,
+                  label_names: list[str] | None = None) -> Path:
+    """Write `model` with its adapter merged in as a transformers folder at `path`.
+
+    model: a transformers model (it needs save_pretrained), plain or carrying a LoRA,
+    AdaLoRA, selection or full adapter. tokenizer: saved beside it when given. label_names:
+    the class names for config.id2label (default: the model's own, when it has real names).
+    Returns the folder. An existing folder at `path` is replaced only once the new one is
+    complete."""
+    if not hasattr(model, "save_pretrained"):
+        raise TypeError(f"export_merged writes a transformers folder, and {type(model).__name__} "
+                        f"is not a transformers model (no save_pretrained); save its "
+                        f"state_dict with safetensors instead.")
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} exists and is a file; export_merged writes a folder.")
+    names = list(label_names) if label_names is not None else label_names_of(model)
+    clone = merged_copy(model)
+    if names:
+        set_label_names(clone, names)       # checks len(names) against the head first
+    clone.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+    try:
+        clone.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return path
