@@ -56,7 +56,7 @@ class HeadBank(nn.Module):
         """Forward hook on the model's head `key`: its output, with the rows of adapters that
         have their own head recomputed by that head."""
         if self.rows is None:
-            bank = self.banks.get(self.active, None)
+            bank = self.banks[self.active] if self.active in self.banks else None  # noqa: SIM401
             return bank[key](*args) if bank is not None else None
         out = output
         for name in dict.fromkeys(self.rows):
