@@ -39,9 +39,10 @@ def tiny_tokenizer():
     return BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
 
 
-def test_package_exports_six_widgets():
+def test_package_exports_the_widgets():
     assert set(widgets.__all__) == {"ModelInspector", "TrainingMonitor", "LoraExplorer",
-                                    "SelectionExplorer", "RankAllocationViewer", "PrefixViewer"}
+                                    "SelectionExplorer", "RankAllocationViewer", "PrefixViewer",
+                                    "TradeoffExplorer"}
     for name in widgets.__all__:
         assert getattr(widgets, name).__name__ == name
     with pytest.raises(AttributeError, match="ModelInspector"):
