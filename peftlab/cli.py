@@ -59,6 +59,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     subs = {"train": train.add_parser(sub)}
     use.add_parsers(sub)
     subs["evaluate"], subs["predict"] = sub.choices["evaluate"], sub.choices["predict"]
+    from peftlab.serve import cli as serve_cli
+    subs["serve"] = serve_cli.add_parser(sub)
     from peftlab.compare import TEXT_METHODS, VISION_METHODS
     cmp = sub.add_parser(
         "compare", help="train every method side by side and write a report",
@@ -183,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             return use.evaluate(args, subs["evaluate"])
         if args.command == "predict":
             return use.predict(args, subs["predict"])
+        if args.command == "serve":
+            from peftlab.serve import cli as serve_cli
+            return serve_cli.main(args, subs["serve"])
         return _compare(args, subs["compare"])
     finally:
         warnings.formatwarning = show
