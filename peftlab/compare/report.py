@@ -202,4 +202,8 @@ class Report:
         path = Path(path)
         path = path / "report.json" if path.is_dir() else path
         d = json.loads(path.read_text(encoding="utf-8"))
+        for r in d["rows"]:        # a first-edition report: its "peak" was the exact state count
+            if "training_state_bytes" not in r and "peak_memory_bytes" in r:
+                r["training_state_bytes"] = r["peak_memory_bytes"]
+                r.setdefault("state_ratio", r.get("memory_ratio"))
         return cls(d["task"], d["rows"], d["settings"])
