@@ -156,6 +156,7 @@ class Page:
     def __init__(self, browser, lab: Lab, name: str):
         self.page = browser.new_page(viewport={"width": 1800, "height": 1100})
         self.errors: list[str] = []
+        self.dialogs: list[str] = []     # the text of every JupyterLab dialog we closed
         self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error"
                      else None)
         self.page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
@@ -166,9 +167,51 @@ class Page:
     def wait_kernel_idle(self) -> None:
         self.page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
 
+    def dismiss_dialogs(self) -> None:
+        """Close any JupyterLab dialog that would intercept the next click, keeping its text
+        (a kernel choice is accepted: the notebook names an installed kernel; anything else is
+        closed with its reject/accept button). A dialog reporting a dead or failed kernel
+        fails the test with its text, since the checks after it would be meaningless."""
+        for _ in range(5):
+            dialog = self.page.locator(".jp-Dialog")
+            if not dialog.count() or not dialog.first.is_visible():
+                return
+            text = " ".join(dialog.first.inner_text().split())
+            self.dialogs.append(text)
+            if re.search(r"kernel (appears to have )?died|error starting kernel", text, re.I):
+                raise AssertionError(f"JupyterLab reported a kernel failure: {text[:400]}")
+            accept = dialog.first.locator(".jp-Dialog-button.jp-mod-accept")
+            reject = dialog.first.locator(".jp-Dialog-button.jp-mod-reject")
+            button = accept if ("kernel" in text.lower() or not reject.count()) else reject
+            if button.count():
+                button.first.click()
+            else:
+                self.page.keyboard.press("Escape")
+            self.page.wait_for_timeout(300)
+
+    def click(self, locator) -> None:
+        """Click, closing any dialog that pops up over the target meanwhile."""
+        deadline = time.time() + WAIT_MS / 1000
+        while True:
+            self.dismiss_dialogs()
+            try:
+                locator.click(timeout=5_000)
+                return
+            except sync_api.TimeoutError:
+                if time.time() > deadline:
+                    raise AssertionError(f"could not click {locator} in {WAIT_MS / 1000:.0f} s "
+                                         f"(dialogs closed meanwhile: {self.dialogs})") from None
+
     def menu(self, top: str, item: str) -> None:
-        self.page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(f"^{top}$")).click()
-        self.page.locator(".lm-Menu-itemLabel", has_text=re.compile(f"^{item}$")).click()
+        for _ in range(6):
+            self.click(self.page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(f"^{top}$")))
+            try:
+                self.page.locator(".lm-Menu-itemLabel",
+                                  has_text=re.compile(f"^{item}$")).click(timeout=10_000)
+                return
+            except sync_api.TimeoutError:
+                self.page.keyboard.press("Escape")     # a dialog closed the menu: open it again
+        raise AssertionError(f"could not choose {top} > {item} (dialogs: {self.dialogs})")
 
     def run_all(self) -> None:
         """Run > Run All Cells, once the kernel is idle; again if the click came too early
@@ -182,7 +225,7 @@ class Page:
                     return
                 time.sleep(0.2)
             self.page.keyboard.press("Escape")
-        raise AssertionError("Run All Cells did not start the notebook")
+        raise AssertionError(f"Run All Cells did not start the notebook (dialogs: {self.dialogs})")
 
     def prompts(self) -> list[str]:
         return self.page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()

@@ -120,6 +120,23 @@ def test_isolated_run_matches_in_process_and_measures_its_own_peak():
     assert iso.settings["isolate"] is True
 
 
+def test_worker_uses_the_callers_dataset_not_the_fork_servers(tmp_path, monkeypatch):
+    """The fork server is started once per process and keeps the environment of that moment
+    (e.g. an earlier `peftlab compare --data my.csv` in the same session): each worker is
+    told the caller's $PEFTLAB_DATASET explicitly. Regression: CI ran test_cli's 3-label
+    compare first and then every isolated run here failed on 3 labels vs a 2-output head."""
+    from peftlab.compare import runner
+    from peftlab.data.load import DATASET_ENV
+    csv_path = tmp_path / "topics.csv"
+    csv_path.write_text("text,label\n" + "".join(f"item {i},{('food', 'sport', 'tech')[i % 3]}\n"
+                                                  for i in range(60)))
+    monkeypatch.setenv(DATASET_ENV, json.dumps({"name": str(csv_path)}))   # the stale env
+    row = runner._run_isolated("text", "head", 0, "cpu", None, True, False, tiny_text_model,
+                               1, None)                                   # the caller: default
+    assert row["status"] == "ok" and "categories" in row and row["test_accuracy"] >= 0
+    assert DATASET_ENV not in __import__("os").environ
+
+
 def test_report_files(quick_report, tmp_path):
     paths = quick_report.write(tmp_path)
     with open(paths["csv"]) as f:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import statistics
 import sys
 import time
@@ -26,6 +27,7 @@ from peftlab import measure
 from peftlab.compare.methods import METHODS, TASKS, MethodSpec, Task, text_task, vision_task
 from peftlab.compare.report import Report, _ratios
 from peftlab.core.state import get_method
+from peftlab.data.load import DATASET_ENV
 
 # --- running one method ----------------------------------------------------------------------------
 
@@ -122,9 +124,15 @@ def make_task(task: str, seed: int, quick: bool, model_fn=None) -> Task:
 
 
 def _run_isolated(task: str, method: str, seed: int, device, epochs, quick, progress,
-                  model_fn, threads: int) -> dict:
-    """What a fresh worker process does: build the task, run one method, return its row."""
+                  model_fn, threads: int, dataset_env: str | None = None) -> dict:
+    """What a fresh worker process does: build the task, run one method, return its row.
+    dataset_env is the caller's $PEFTLAB_DATASET now: the fork server keeps the environment
+    it was started with, which may be an earlier run's."""
     from peftlab.runtime import seed_everything
+    if dataset_env is None:
+        os.environ.pop(DATASET_ENV, None)
+    else:
+        os.environ[DATASET_ENV] = dataset_env
     torch.set_num_threads(threads)
     seed_everything(seed)
     the_task = make_task(task, seed, quick, model_fn)
@@ -244,7 +252,8 @@ def run(methods: list[str] | None = None, *, task: str = "text", seed: int = 0, 
                     if pool is not None:
                         runs.append(pool.submit(_run_isolated, task, name, s, str(dev), epochs,
                                                 quick, progress, model_fn,
-                                                measure.threads()).result())
+                                                measure.threads(),
+                                                os.environ.get(DATASET_ENV)).result())
                     else:
                         if s not in tasks:
                             seed_everything(s)
