@@ -89,6 +89,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     cmp.add_argument("--seeds", type=opt.positive_int, default=1,
                      help="runs per method with seeds SEED, SEED+1, ...; the report gives the "
                           "mean and standard deviation (default 1)")
+    cmp.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="fp32",
+                     help="fp32 (default); bf16 autocast where the CPU/GPU has it (a CPU "
+                          "without bf16 instructions runs fp32 and says so); fp16 needs CUDA; "
+                          "the report records what ran and what the CPU offers")
     cmp.add_argument("--in-process", action="store_true",
                      help="run every method in this process (starts faster; the measured "
                           "memory peak is then a lower bound)")
@@ -145,8 +149,15 @@ def _compare(args, cmp) -> int:
         cmp.error(f"argument --out: {out} exists and is not empty; pass --overwrite to write "
                   f"into it, or choose another folder")
     _compare_data(args, cmp)
+    from peftlab.runtime import get_device
+    from peftlab.train.precision import resolve_precision
+    try:
+        resolve_precision(args.precision, get_device(args.device))
+    except ValueError as e:
+        cmp.error(f"argument --precision: {e}")
     report = compare.run(args.methods, task=args.task, seed=args.seed, seeds=args.seeds,
                          device=args.device, isolate=not args.in_process,
+                         precision=args.precision,
                          epochs=args.epochs, quick=args.quick, progress=args.progress,
                          log=lambda s: print(s, file=sys.stderr, flush=True))
     print(report.table())

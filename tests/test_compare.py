@@ -131,10 +131,86 @@ def test_worker_uses_the_callers_dataset_not_the_fork_servers(tmp_path, monkeypa
     csv_path.write_text("text,label\n" + "".join(f"item {i},{('food', 'sport', 'tech')[i % 3]}\n"
                                                   for i in range(60)))
     monkeypatch.setenv(DATASET_ENV, json.dumps({"name": str(csv_path)}))   # the stale env
+    monkeypatch.setenv("PEFTLAB_CPU_BF16", "1")                            # stale as well
     row = runner._run_isolated("text", "head", 0, "cpu", None, True, False, tiny_text_model,
-                               1, None)                                   # the caller: default
+                               1, {"PEFTLAB_CPU_BF16": "0"})              # the caller's env
     assert row["status"] == "ok" and "categories" in row and row["test_accuracy"] >= 0
     assert DATASET_ENV not in __import__("os").environ
+    assert __import__("os").environ["PEFTLAB_CPU_BF16"] == "0"
+
+
+def test_interleaved_timing_survives_a_busy_burst(monkeypatch):
+    """A busy-loop thread runs while head-only trains (as a notebook kernel or a browser
+    would): head's steps measured during training get slower than full fine-tuning's, yet
+    the reported step times, taken round robin after training, still rank head below full."""
+    import threading
+
+    from peftlab.compare import methods as cm
+    from peftlab.compare import runner
+    stop = threading.Event()
+
+    def busy():
+        x = 0
+        while not stop.is_set():
+            x += 1
+
+    head = cm.TEXT_METHODS["head"]
+
+    def build_with_burst(model, ctx):
+        for _ in range(3):
+            threading.Thread(target=busy, daemon=True).start()
+        head.build(model, ctx)
+
+    monkeypatch.setitem(cm.TEXT_METHODS, "head", cm.MethodSpec(
+        "head", head.module, head.description, head.budget, build_with_burst))
+    timed = runner.interleaved_step_times
+
+    def timing_after_the_burst(*a, **kw):
+        stop.set()
+        return timed(*a, **{**kw, "rounds": 5, "steps_per_turn": 3})
+
+    monkeypatch.setattr(runner, "interleaved_step_times", timing_after_the_burst)
+    try:
+        rep = compare.run(["full", "head"], quick=True, seed=0, model_fn=tiny_text_model,
+                          device="cpu", isolate=False, epochs=4)
+    finally:
+        stop.set()
+    full, head_row = rep.rows
+    assert full["status"] == head_row["status"] == "ok"
+    # the test of the test: timed during training, the burst inflated head's ratio to full
+    during_training = head_row["train_step_time_s"] / full["train_step_time_s"]
+    assert head_row["step_time_ratio"] < during_training
+    assert head_row["step_time_ratio"] < 1 and head_row["step_time_s"] < full["step_time_s"]
+    assert rep.settings["timing"].startswith("interleaved")
+    assert all(r["step_time_spread"] >= 0 for r in rep.rows)
+
+
+def test_busy_warning_in_the_table(quick_report):
+    import copy
+    rep = copy.deepcopy(quick_report)
+    for r in rep.rows:
+        r["step_time_spread"] = 0.1
+    assert not any(line.startswith("WARNING") for line in rep.timing_lines())
+    rep.rows[1]["step_time_spread"] = 0.9
+    line = rep.timing_lines()[-1]
+    assert line.startswith("WARNING") and rep.rows[1]["method"] in line and "90%" in line
+
+
+def test_precision_is_recorded_and_falls_back_without_bf16(monkeypatch):
+    monkeypatch.setenv("PEFTLAB_CPU_BF16", "0")
+    with pytest.warns(UserWarning, match="no bf16 instructions"):
+        rep = compare.run(["lora"], quick=True, seed=0, model_fn=tiny_text_model,
+                          device="cpu", isolate=False, precision="bf16")
+    assert rep.settings["precision"] == "fp32" and rep.settings["precision_requested"] == "bf16"
+    assert rep.settings["cpu_bf16"]["supported"] is False and rep.rows[0]["precision"] == "fp32"
+    assert "precision fp32" in rep.table() and "bf16 instructions no" in rep.table()
+    monkeypatch.setenv("PEFTLAB_CPU_BF16", "1")         # as on a CPU with AMX / AVX512-BF16
+    rep = compare.run(["lora"], quick=True, seed=0, model_fn=tiny_text_model, device="cpu",
+                      isolate=False, precision="bf16", interleave=False)
+    assert rep.rows[0]["precision"] == "bf16" and rep.settings["precision"] == "bf16"
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        compare.run(["lora"], quick=True, model_fn=tiny_text_model, device="cpu",
+                    precision="fp16")
 
 
 def test_report_files(quick_report, tmp_path):
@@ -205,6 +281,8 @@ def test_cli_quick_run_writes_the_report(tmp_path, capsys):
     (["--seeds", "0"], "--seeds"),
     (["--seeds", "two"], "--seeds"),
     (["--task", "audio"], "--task"),
+    (["--precision", "fp16", "--device", "cpu"], "--precision"),
+    (["--precision", "fp8"], "--precision"),
 ])
 def test_bad_options_exit_2_naming_the_option(argv, option, capsys):
     with pytest.raises(SystemExit) as e:

@@ -61,12 +61,13 @@ def category_column(c: str) -> str:
 
 COLUMNS = ["method", "status", "seeds", "trainable", "total", "trainable_pct",
            "test_accuracy", "test_accuracy_std", "val_accuracy", "val_accuracy_std",
-           "step_time_s", "step_time_ratio", "setup_s", "train_time_s",
+           "step_time_s", "step_time_ratio", "step_time_spread", "train_step_time_s",
+           "setup_s", "train_time_s",
            "training_state_bytes", "state_ratio", "measured_peak_bytes", "measured_ratio",
            "adapter_bytes", "infer_s", "infer_merged_s", "steps", "train_size", "epochs",
            "batch_size", "lr", "final_train_loss", "test_loss", "weights_bytes",
            "gradients_bytes", "optimizer_bytes", "activations_bytes", "measured_kind",
-           "device", "description", "test_accuracy_runs", "note"]
+           "device", "precision", "description", "test_accuracy_runs", "note"]
 
 STATE_KIND = ("exact count: weights + gradients + optimizer state + activations saved for "
               "backward (peftlab.measure)")
@@ -123,8 +124,31 @@ class Report:
                   f"state: {STATE_KIND}",
                   f"peak: measured, {kind}",
                   "setup: one-off work before training (selection: Fisher scoring)"]
+        lines += self.timing_lines()
         cats = self.category_table()
         return "\n".join(lines) + ("\n\n" + cats if cats else "")
+
+    def timing_lines(self) -> list[str]:
+        """How the step times were taken, the precision, and a warning when the machine was
+        busy (the interleaved turns of a method differed by more than BUSY_SPREAD)."""
+        from peftlab.compare.timing import BUSY_SPREAD
+        st = self.settings
+        out = []
+        if st.get("timing"):
+            prec = st.get("precision", "fp32")
+            cpu = st.get("cpu_bf16") or {}
+            where = (f"; CPU {cpu.get('isa', '?')}, bf16 instructions "
+                     f"{'yes' if cpu.get('supported') else 'no'}" if cpu else "")
+            out.append(f"step ms: {st['timing']}; precision {prec}{where}")
+        spreads = {r["method"]: r["step_time_spread"] for r in self.rows
+                   if r.get("step_time_spread") is not None}
+        worst = max(spreads.items(), key=lambda kv: kv[1], default=None)
+        if worst and worst[1] > BUSY_SPREAD:
+            out.append(f"WARNING: the machine was busy while timing: {worst[0]}'s turns "
+                       f"differed by {100 * worst[1]:.0f}% of its median (above "
+                       f"{100 * BUSY_SPREAD:.0f}%); the step-time ratios are rough: re-run on "
+                       f"a quiet machine")
+        return out
 
     def category_table(self) -> str:
         """Test accuracy per category of sentence (errors by kind); '' without categories."""

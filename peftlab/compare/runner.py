@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from peftlab import measure
 from peftlab.compare.methods import METHODS, TASKS, MethodSpec, Task, text_task, vision_task
 from peftlab.compare.report import Report, _ratios
+from peftlab.compare.timing import interleaved_step_times
 from peftlab.core.state import get_method
-from peftlab.data.load import DATASET_ENV
 
 # --- running one method ----------------------------------------------------------------------------
 
@@ -60,7 +60,8 @@ def by_category(preds: list[int], labels: list[int], categories: list[str] | Non
 
 
 def run_method(spec: MethodSpec, task: Task, *, seed: int = 0, device=None,
-               epochs: float | None = None, quick: bool = False, progress: bool = False) -> dict:
+               epochs: float | None = None, quick: bool = False, progress: bool = False,
+               precision: str = "fp32") -> dict:
     """Train and measure one method on a fresh copy of the task's base model; one report row."""
     from peftlab import train as tr
     from peftlab.runtime import get_device
@@ -90,7 +91,7 @@ def run_method(spec: MethodSpec, task: Task, *, seed: int = 0, device=None,
     assert get_method(model) is not None, f"{spec.name}: build() applied no method"
     result = tr.fit(model, data, task.validation, tokenizer=task.tokenizer, epochs=budget.epochs,
                     lr=budget.lr, batch_size=budget.batch_size, max_length=task.max_length,
-                    device=dev, seed=seed, progress=progress)
+                    device=dev, seed=seed, progress=progress, precision=precision)
     meter.sample()
     test_loader = task.loader(task.test, 64, False, seed)
     preds, labels, test_loss = predict(model, test_loader)
@@ -116,28 +117,33 @@ def run_method(spec: MethodSpec, task: Task, *, seed: int = 0, device=None,
             "categories": by_category(preds, labels, task.test_categories),
             "adapter_bytes": measure.adapter_size(model),
             "infer_s": infer["unmerged"], "infer_merged_s": infer["merged"],
-            "device": result.device}
+            "device": result.device, "precision": result.precision}
 
 
 def make_task(task: str, seed: int, quick: bool, model_fn=None) -> Task:
     return (text_task if task == "text" else vision_task)(seed, quick, model_fn)
 
 
+def _peftlab_env() -> dict[str, str]:
+    """This process's $PEFTLAB_* variables (the dataset, bf16 override, data folder...)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("PEFTLAB_")}
+
+
 def _run_isolated(task: str, method: str, seed: int, device, epochs, quick, progress,
-                  model_fn, threads: int, dataset_env: str | None = None) -> dict:
+                  model_fn, threads: int, env: dict[str, str] | None = None,
+                  precision: str = "fp32") -> dict:
     """What a fresh worker process does: build the task, run one method, return its row.
-    dataset_env is the caller's $PEFTLAB_DATASET now: the fork server keeps the environment
-    it was started with, which may be an earlier run's."""
+    env: the caller's $PEFTLAB_* variables now, which replace the worker's: the fork server
+    keeps the environment it was started with, which may be an earlier run's."""
     from peftlab.runtime import seed_everything
-    if dataset_env is None:
-        os.environ.pop(DATASET_ENV, None)
-    else:
-        os.environ[DATASET_ENV] = dataset_env
+    for k in [k for k in os.environ if k.startswith("PEFTLAB_")]:
+        del os.environ[k]
+    os.environ.update(env or {})
     torch.set_num_threads(threads)
     seed_everything(seed)
     the_task = make_task(task, seed, quick, model_fn)
     return run_method(METHODS[task][method], the_task, seed=seed, device=device, epochs=epochs,
-                      quick=quick, progress=progress)
+                      quick=quick, progress=progress, precision=precision)
 
 
 # imported once by the fork server, so each fresh process starts without importing them again
@@ -212,7 +218,7 @@ def aggregate(runs: list[dict], seeds: list[int]) -> dict:
 def run(methods: list[str] | None = None, *, task: str = "text", seed: int = 0, seeds: int = 1,
         device=None, epochs: float | None = None, quick: bool = False, progress: bool = False,
         log: Callable[[str], None] | None = None, model_fn=None,
-        isolate: bool = True) -> Report:
+        isolate: bool = True, precision: str = "fp32", interleave: bool = True) -> Report:
     """Run `methods` (default: all for the task) with `seeds` seeds (seed, seed + 1, ...) each
     and return the Report (one row per method: means, and standard deviations over seeds).
 
@@ -221,7 +227,11 @@ def run(methods: list[str] | None = None, *, task: str = "text", seed: int = 0, 
     base model (text: -> (model, tokenizer); vision: -> model; a module-level function when
     isolate=True). isolate: each (method, seed) in a fresh process, so the measured memory
     peak is its own; False runs in this process (faster to start; the peak is then a lower
-    bound, as memory freed by earlier runs is reused).
+    bound, as memory freed by earlier runs is reused). precision: "fp32" (default), "bf16",
+    "fp16" (CUDA) or "auto", as in pl.train.fit; the report records what ran and what the CPU
+    offers. interleave: after training, time every method's step round robin in this process
+    (compare/timing.py), so background load hits all methods alike; the step-time columns
+    then come from there (the times measured during training stay in train_step_time_s).
     """
     specs = METHODS.get(task)
     if specs is None:
@@ -236,7 +246,9 @@ def run(methods: list[str] | None = None, *, task: str = "text", seed: int = 0, 
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be a positive int (runs per method), got {seeds!r}")
     from peftlab.runtime import get_device, seed_everything
+    from peftlab.train.precision import cpu_bf16_support, resolve_precision
     dev = get_device(device)
+    prec = resolve_precision(precision, dev)      # an unknown name fails before any training
     seed_list = [seed + i for i in range(seeds)]
     t0 = time.perf_counter()
     tasks: dict[int, Task] = {}
@@ -252,14 +264,15 @@ def run(methods: list[str] | None = None, *, task: str = "text", seed: int = 0, 
                     if pool is not None:
                         runs.append(pool.submit(_run_isolated, task, name, s, str(dev), epochs,
                                                 quick, progress, model_fn,
-                                                measure.threads(),
-                                                os.environ.get(DATASET_ENV)).result())
+                                                measure.threads(), _peftlab_env(),
+                                                precision).result())
                     else:
                         if s not in tasks:
                             seed_everything(s)
                             tasks[s] = make_task(task, s, quick, model_fn)
                         runs.append(run_method(specs[name], tasks[s], seed=s, device=dev,
-                                               epochs=epochs, quick=quick, progress=progress))
+                                               epochs=epochs, quick=quick, progress=progress,
+                                               precision=precision))
                 except Exception as e:  # noqa: BLE001  (report it, run the others)
                     runs.append(_failed(name, specs[name], e))
                     if pool is not None and type(e).__name__ == "BrokenProcessPool":
@@ -274,6 +287,27 @@ def run(methods: list[str] | None = None, *, task: str = "text", seed: int = 0, 
     finally:
         if pool is not None:
             pool.shutdown()
+    timing = {}
+    if interleave:
+        ok = {r["method"]: r for r in rows if r["status"] == "ok"}
+        if ok:
+            if log:
+                log(f"[{time.perf_counter() - t0:6.1f}s] step times, all methods in turn ...")
+            seed_everything(seed)
+            the_task = tasks.get(seed) or make_task(task, seed, quick, model_fn)
+            quick_kw = {"rounds": 2, "steps_per_turn": 1, "warmup": 1} if quick else {}
+            timing = interleaved_step_times(
+                {m: specs[m] for m in ok}, the_task, seed=seed, device=dev, precision=prec,
+                total_steps=lambda m: max(2, round(ok[m]["steps"])),
+                batch_size=specs[next(iter(ok))].budget.batch_size, **quick_kw)
+            for m, t in timing.items():
+                r = ok[m]
+                r["train_step_time_s"] = r["step_time_s"]
+                if "error" in t:
+                    r["note"] = (r["note"] + "; " if r["note"] else "") + \
+                        f"interleaved timing failed ({t['error']}): step time from training"
+                    continue
+                r["step_time_s"], r["step_time_spread"] = t["median"], t["spread"]
     if not isolate:
         for r in rows:
             if r.get("measured_kind"):
@@ -282,6 +316,10 @@ def run(methods: list[str] | None = None, *, task: str = "text", seed: int = 0, 
     _ratios(rows)
     settings = {"seed": seed, "seeds": seed_list, "device": str(dev), "quick": quick,
                 "epochs": epochs, "isolate": isolate, "threads": measure.threads(),
+                "precision": prec.name, "precision_requested": precision,
+                "cpu_bf16": cpu_bf16_support(),
+                "timing": ("interleaved round robin after training (compare/timing.py)"
+                           if timing else "median of training steps, method after method"),
                 "torch": torch.__version__, "python": sys.version.split()[0],
                 "wall_s": time.perf_counter() - t0,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
