@@ -14,7 +14,7 @@ NB_DIR = ROOT / "notebooks"
 EXPECTED = [
     "00_setup", "01_full_finetuning", "02_lora", "03_prefix_and_prompt_tuning",
     "04_gradient_based_selection", "05_adaptive_budget_adalora", "06_comparison", "07_vision",
-    "08_bring_your_own_model",
+    "08_bring_your_own_model", "09_deploy_and_monitor",
 ]
 METHOD_NOTEBOOKS = ["01_full_finetuning", "02_lora", "03_prefix_and_prompt_tuning",
                     "04_gradient_based_selection", "05_adaptive_budget_adalora", "07_vision"]
@@ -119,7 +119,8 @@ def test_course_map_lists_every_notebook_and_readme_links_it():
 # --- second edition: answers, self-check, glossary, references, workshop kit -------------------
 
 MINE = ["02_lora", "03_prefix_and_prompt_tuning", "04_gradient_based_selection",
-        "05_adaptive_budget_adalora", "07_vision", "08_bring_your_own_model"]
+        "05_adaptive_budget_adalora", "07_vision", "08_bring_your_own_model",
+        "09_deploy_and_monitor"]
 WIDGET_WORDS = ("widget", "Explorer", "Viewer", "Inspector")
 
 

@@ -65,6 +65,16 @@ WRONG = {
     "check_conv_lora_delta": [(_unscaled_conv, "not scaled"), (_matrix_view, "matrix view"),
                               (lambda A, B, s: sol.conv_lora_delta(A, B, s).transpose(0, 1),
                                "expected shape")],
+    "check_mixed_lora": [
+        (lambda x, W, b, ad, names: sol.mixed_lora(x, W, b, ad, [names[0]] * len(names)),
+         "first row"),
+        (lambda x, W, b, ad, names: x @ W.T + b + sum(s * (x @ A.T @ B.T) for A, B, s in ad.values()),
+         "every adapter's update to every row"),
+        (lambda x, W, b, ad, names: x @ W.T + b, "base layer alone"),
+        (lambda x, W, b, ad, names: sol.mixed_lora(x, W, b, ad, [n or "sales" for n in names]),
+         "None must get the base"),
+        (lambda x, W, b, ad, names: sol.mixed_lora(
+            x, W, b, {k: (A, B, 1.0) for k, (A, B, s) in ad.items()}, names), "scale")],
 }
 
 

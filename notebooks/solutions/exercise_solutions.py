@@ -81,6 +81,17 @@ def conv_lora_delta(A, B, scale):
     return scale * (B[:, :, 0, 0] @ A.reshape(r, -1)).reshape(B.shape[0], *A.shape[1:])
 
 
+def mixed_lora(x, W, b, adapters, names):
+    """Notebook 09: one pass, each row through its own adapter (None: the base alone)."""
+    y = x @ W.T + b
+    for name, (A, B, scale) in adapters.items():
+        rows = [i for i, n in enumerate(names) if n == name]
+        if rows:
+            idx = torch.tensor(rows)
+            y = y.index_add(0, idx, scale * (x[idx] @ A.T @ B.T))
+    return y
+
+
 SOLUTIONS = {
     "check_lora_forward": lora_forward,
     "check_lora_merge": lora_merge,
@@ -92,4 +103,5 @@ SOLUTIONS = {
     "check_budget": budget,
     "check_triplet_scores": triplet_scores,
     "check_conv_lora_delta": conv_lora_delta,
+    "check_mixed_lora": mixed_lora,
 }

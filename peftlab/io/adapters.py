@@ -119,8 +119,13 @@ def _base_fingerprint(model: nn.Module) -> dict:
             "name_or_path": getattr(cfg, "_name_or_path", None) if cfg is not None else None}
 
 
-def save_adapter(model: nn.Module, path: str | Path, format: str = "peftlab") -> Path:
-    """Write the model's adapter (only its tensors + config) to the folder `path`."""
+def save_adapter(model: nn.Module, path: str | Path, format: str = "peftlab",
+                 name: str | None = None) -> Path:
+    """Write the model's adapter (only its tensors + config) to the folder `path`.
+
+    name: which of several named adapters (pl.adapter_names(model)); default the first. A
+    later one is written exactly as if it were a model's only adapter, so the folder loads
+    onto a plain base (pl.load_adapter(base, path)) or by name beside others."""
     if format not in ("peftlab", "hf-peft"):
         raise ValueError(f"Unknown adapter format {format!r}: use 'peftlab' or 'hf-peft'.")
     method = get_method(model)
@@ -130,20 +135,40 @@ def save_adapter(model: nn.Module, path: str | Path, format: str = "peftlab") ->
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise AdapterError(f"{path} exists and is a file; an adapter is saved as a folder.")
+    module = method_module(method)
+    if name is not None and name != _first_name(module, model, name):
+        if format != "peftlab":
+            raise AdapterError(f"Adapter {name!r} is not the model's first adapter: save it "
+                               f"with format='peftlab', load that folder onto a plain base "
+                               f"model and export the first adapter with format='hf-peft'.")
+        config, targets, tensors = module.named_adapter(model, name)
+        return _write_peftlab(model, path, method, config, targets, tensors)
     if format == "hf-peft":
         hf_config, tensors = export_hf_peft(model)
         write_tensors(path / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
         write_json(path / HF_CONFIG_FILE, hf_config)
         _remove_stale(path / CONFIG_FILE)
         return path
-    config = get_config(model)
-    tensors = adapter_state_dict(model)
+    return _write_peftlab(model, path, method, get_config(model), get_targets(model),
+                          adapter_state_dict(model))
+
+
+def _first_name(module, model: nn.Module, name: str) -> str:
+    """The model's first adapter name, after checking that `name` is one of its adapters."""
+    names = module.adapter_names(model) if hasattr(module, "adapter_names") else ["default"]
+    if name not in names:
+        raise AdapterError(f"No adapter named {name!r} to save: the model has {names}.")
+    return names[0]
+
+
+def _write_peftlab(model: nn.Module, path: Path, method: str, config, targets,
+                   tensors: dict) -> Path:
     meta = {
         "format": "peftlab",
         "format_version": FORMAT_VERSION,
         "method": method,
         "config_class": type(config).__name__,
-        "config": config_to_dict(config, get_targets(model)),
+        "config": config_to_dict(config, targets),
         "base_model": _base_fingerprint(model),
         "num_tensors": len(tensors),
         "num_parameters": int(sum(t.numel() for t in tensors.values())),

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
+import math
 
 import torch
 from torch import nn
@@ -203,6 +205,44 @@ def delete_adapter(model: nn.Module, name: str) -> nn.Module:
         if bank.active == name:
             bank.active = names[0]
     return model
+
+
+def named_adapter(model: nn.Module, name: str) -> tuple:
+    """(LoraConfig, target names, tensors) of adapter `name`, with the tensor names a first adapter has
+    (`<layer>.lora_A.weight`, the heads' own names), so the saved folder loads onto a plain
+    base like any adapter, or by name beside others. The config is the first adapter's with
+    this adapter's targets, ranks, alphas, dropout and rslora."""
+    layers = _layers(model, "save a named adapter")
+    _check_name(model, name)
+    first = get_config(model)
+    if any(m.merged for m in layers.values()):
+        raise AdapterError("Unmerge first (pl.lora.unmerge(model)): a merged weight holds "
+                           "the active adapter, not necessarily this one.")
+    tensors, ranks, alphas, dropout, rslora = {}, {}, {}, 0.0, first.rslora
+    for t, layer in layers.items():
+        if name not in layer.adapter_names():
+            continue
+        p = layer.parts(name)
+        for k, v in p.state_dict().items():
+            tensors[f"{t}.{k}"] = v.detach()
+        ranks[t], alphas[t] = int(p.r), p.alpha
+        rslora = first.rslora if p.r == 1 else not math.isclose(p.scale, p.alpha / p.r)
+        if isinstance(getattr(p, "lora_dropout", None), nn.Dropout):
+            dropout = p.lora_dropout.p
+    bank = _bank(model)
+    for head in first.modules_to_save or []:
+        module = bank.banks[name][_key(head)] if bank is not None and name in bank.banks \
+            else model.get_submodule(head)
+        for k, v in module.state_dict().items():
+            tensors[f"{head}.{k}"] = v.detach()
+    targets = sorted(ranks)
+    r, alpha = ranks[targets[0]], alphas[targets[0]]
+    config = dataclasses.replace(
+        first, r=r, alpha=alpha, dropout=dropout, rslora=rslora, targets=targets,
+        modules_to_save=list(first.modules_to_save or []),
+        rank_pattern={t: v for t, v in ranks.items() if v != r},
+        alpha_pattern={t: v for t, v in alphas.items() if v != alpha})
+    return config, targets, tensors
 
 
 def rename_first(model: nn.Module, name: str) -> None:

@@ -5,7 +5,9 @@
     GET    /v1/adapters       {"adapters": [...], "default": first}
     POST   /v1/adapters       {"name", "path"}: load (or replace) an adapter without a restart
     DELETE /v1/adapters/NAME
-    GET    /healthz           GET /metrics (Prometheus text format)
+    GET    /healthz           GET /metrics (Prometheus text format: requests by adapter and
+                              status, latency, batch sizes, confidence, predicted classes,
+                              input lengths; peftlab.serve.metrics reads it back)
 
 Micro-batching: requests wait in a queue; one worker takes the first and whatever else
 arrives within max_wait_ms (up to max_batch texts) and runs them as one forward pass with
@@ -17,6 +19,7 @@ Bad input is answered with a JSON {"error": message} and a status code, never a 
 # no `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request)
 
 import asyncio
+import contextlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +60,8 @@ class Server:
                                     buckets=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0))
         self.input_chars = Histogram("peftlab_input_length_chars", "Characters per text",
                                      buckets=(16, 32, 64, 128, 256, 512, 1024, 2048), registry=r)
+        self.predictions = Counter("peftlab_predictions", "Predicted classes by adapter",
+                                   ["adapter", "label"], registry=r)
 
     async def call(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -111,6 +116,7 @@ class Server:
             for _ in texts_:
                 p = preds.probabilities[i]
                 self.confidence.labels(adapter).observe(float(p.max()))
+                self.predictions.labels(adapter, str(preds.labels[i])).inc()
                 rows.append({"label": preds.labels[i], "probabilities": [float(x) for x in p]})
                 i += 1
             out.append(rows)
@@ -155,13 +161,22 @@ def create_app(model, tokenizer, **options):
     from fastapi.responses import JSONResponse, Response
 
     server = Server(model, tokenizer, **options)
-    app = FastAPI(title="peftlab serve")
-    app.state.server = server
 
-    @app.on_event("startup")
-    async def _start():
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        """Start the batching worker with the server's event loop; stop it on shutdown."""
         server.queue = asyncio.Queue()
-        app.state.worker = asyncio.create_task(server.worker())
+        worker = app.state.worker = asyncio.create_task(server.worker())
+        try:
+            yield
+        finally:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+            server.queue = None
+
+    app = FastAPI(title="peftlab serve", lifespan=lifespan)
+    app.state.server = server
 
     def error(endpoint, adapter, e: BadRequest):
         server.requests.labels(endpoint, adapter, str(e.status)).inc()

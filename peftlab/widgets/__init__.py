@@ -6,6 +6,7 @@
     pl.widgets.SelectionExplorer(model, batches=batches)  budget -> where selected entries fall
     pl.widgets.RankAllocationViewer(model)                AdaLoRA ranks over steps + budget
     pl.widgets.PrefixViewer(model, tokenizer)             attention to virtual tokens
+    pl.widgets.ServeMonitor("http://127.0.0.1:8000")      a running server's metrics
 
 Each is a plain object: `.widget` is what a notebook shows (the object also displays itself
 as the last value of a cell), and every number and figure is reachable without a browser
@@ -25,6 +26,7 @@ _WHERE = {
     "RankAllocationViewer": "rank_viewer",
     "PrefixViewer": "prefix_viewer",
     "TradeoffExplorer": "tradeoff",
+    "ServeMonitor": "serve_monitor",
 }
 
 __all__ = list(_WHERE)
