@@ -75,6 +75,10 @@ WRONG = {
          "None must get the base"),
         (lambda x, W, b, ad, names: sol.mixed_lora(
             x, W, b, {k: (A, B, 1.0) for k, (A, B, s) in ad.items()}, names), "scale")],
+    "check_pareto_front": [
+        (lambda pts: [n for n, _, _ in sorted(pts, key=lambda p: p[1])], "is dominated"),
+        (lambda pts: sol.pareto_front(pts)[::-1], "cheapest first"),
+        (lambda pts: sol.pareto_front(pts)[:-1], "is missing")],
 }
 
 

@@ -92,6 +92,16 @@ def mixed_lora(x, W, b, adapters, names):
     return y
 
 
+def pareto_front(points):
+    """Notebook 06: the methods no other method beats on both axes, cheapest first."""
+    front, best = [], float("-inf")
+    for name, cost, acc in sorted(points, key=lambda p: (p[1], -p[2])):
+        if acc > best:            # more accurate than everything cheaper (or as cheap)
+            front.append(name)
+            best = acc
+    return front
+
+
 SOLUTIONS = {
     "check_lora_forward": lora_forward,
     "check_lora_merge": lora_merge,
@@ -104,4 +114,5 @@ SOLUTIONS = {
     "check_triplet_scores": triplet_scores,
     "check_conv_lora_delta": conv_lora_delta,
     "check_mixed_lora": mixed_lora,
+    "check_pareto_front": pareto_front,
 }

@@ -31,6 +31,17 @@ def _ratios(rows: list[dict]) -> None:
             r[out] = r[key] / ref[key] if ok else None
 
 
+def pareto_front(points) -> list[str]:
+    """[(name, cost, accuracy)] -> the names no other point beats on both axes (as accurate or
+    better for less cost, more accurate for as little), cheapest first."""
+    front, best = [], -math.inf
+    for name, _, acc, *_ in sorted(points, key=lambda p: (p[1], -p[2])):
+        if acc > best:
+            front.append(name)
+            best = acc
+    return front
+
+
 # --- categories: errors by kind --------------------------------------------------------------
 
 HELD_OUT = " (held-out template)"

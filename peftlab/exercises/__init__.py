@@ -18,11 +18,13 @@ implementation, and says in plain words what is wrong (or that all is well):
 | check_budget           | (step, init_budget, target_budget, tinit, tfinal, total_steps) -> budget | 05 |
 | check_triplet_scores   | (layer) -> (r,) AdaLoRA triplet scores               | 05 |
 | check_conv_lora_delta  | (A, B, scale) -> (C_out, C_in, k, k) kernel update   | 07 |
+| check_pareto_front     | (points) -> names on the accuracy/cost Pareto front  | 06 |
 | check_mixed_lora       | (x, W, b, adapters, names) -> y, row i via adapter names[i] | 09 |
 
 Every checker compares with the library's own function (peftlab.lora's layers,
 peftlab.prefix.prefix_attention, peftlab.selection.compute_scores / make_masks,
-peftlab.adalora.budget_schedule / triplet_scores, peftlab.lora's routed mixed batches).
+peftlab.adalora.budget_schedule / triplet_scores, peftlab.lora's routed mixed batches,
+peftlab.compare.report.pareto_front).
 Solutions are kept apart, in notebooks/solutions/, so an instructor can hand out the course
 without them.
 """
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 from peftlab.exercises._common import CheckResult
 from peftlab.exercises.adalora import check_budget, check_triplet_scores
+from peftlab.exercises.compare import check_pareto_front
 from peftlab.exercises.lora import (check_conv_lora_delta, check_lora_count, check_lora_forward,
                                     check_lora_merge)
 from peftlab.exercises.prefix import check_prefix_attention, prefix_attention
@@ -49,6 +52,7 @@ CHECKERS = {
     "check_triplet_scores": check_triplet_scores,
     "check_conv_lora_delta": check_conv_lora_delta,
     "check_mixed_lora": check_mixed_lora,
+    "check_pareto_front": check_pareto_front,
 }
 
 __all__ = ["CHECKERS", "CheckResult", "prefix_attention", *CHECKERS]

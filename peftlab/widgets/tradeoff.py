@@ -127,13 +127,8 @@ class TradeoffExplorer(WidgetBase):
 
     def pareto(self, cost: str | None = None) -> list[str]:
         """Methods no other method beats on both axes, cheapest first."""
-        pts = sorted(self.points(cost), key=lambda p: (p[1], -p[2]))
-        front, best = [], -math.inf
-        for method, _, acc, _ in pts:
-            if acc > best:
-                front.append(method)
-                best = acc
-        return front
+        from peftlab.compare.report import pareto_front
+        return pareto_front(self.points(cost))
 
     def feasible(self) -> list[tuple[str, float, float]]:
         """[(method, cost, accuracy)] under the budget line, most accurate first."""
