@@ -3,13 +3,12 @@
     y = W x + b + scale * B (A (dropout(x)))        A: (r, d_in), B: (d_out, r)
     scale = alpha / r        (or alpha / sqrt(r) with rsLoRA, Kalajdzievski 2023)
 
-
-    LoraLinear     nn.Linear and transformers' Conv1D (GPT-2; weight stored transposed)
+    LoraLinear     nn.Linear and transformers' Conv1D (GPT-2; weight stored transposed); in
+                   the common case one fused autograd step (core/lowrank.py: 3 matmuls forward)
     LoraConv2d     nn.Conv2d (groups=1): A is a conv with the base's kernel, B a 1x1 conv
     LoraEmbedding  nn.Embedding: A, B are plain parameters, as in Hugging Face PEFT
 
-On fp16 / bf16 base layers A and B are kept in fp32 and the update is cast back to the
-base's dtype (as Hugging Face PEFT does); elsewhere they take the base's dtype.
+On fp16 / bf16 bases A and B stay fp32 and the update is cast back (as HF PEFT does).
 
 Named adapters on one base (pl.load_adapter(model, path, name=...)): the first adapter keeps
 its tensors on the layer itself (lora_A / lora_B: state_dict keys, saved files and the HF PEFT
@@ -17,9 +16,8 @@ layout exactly as with one adapter); each further one is a LoraParts in the Modu
 `others`. `active` names the adapter forward adds (None: base only); `rows` (set by
 pl.lora.named.route) names one per batch row: one forward pass serves mixed adapters.
 
-Parameter names and initialisation follow Hugging Face PEFT (lora_A / lora_B,
-lora_embedding_A / lora_embedding_B, the wrapped layer as `base_layer`), so state dicts
-map one to one and adapters trained here load there (and back) with identical outputs.
+Names and initialisation follow Hugging Face PEFT (lora_A / lora_B, lora_embedding_A / _B,
+`base_layer`): state dicts map one to one, adapters load there (and back) with equal outputs.
 """
 
 from __future__ import annotations
@@ -31,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftlab.core.layers import AdapterLayer, Conv1D, adapter_dtype, is_conv1d
+from peftlab.core.lowrank import can_fuse, lowrank_linear
 
 SUPPORTED: tuple[type, ...] = tuple(t for t in (nn.Linear, nn.Conv2d, nn.Embedding, Conv1D) if t)
 
@@ -79,9 +78,7 @@ class LoraLayer(AdapterLayer):
     def __init__(self, base_layer: nn.Module, r: int, alpha: float, rslora: bool = False):
         super().__init__()
         self.base_layer = base_layer
-        self.r = r
-        self.alpha = alpha
-        self.scale = lora_scale(alpha, r, rslora)
+        self.r, self.alpha, self.scale = r, alpha, lora_scale(alpha, r, rslora)
         self.merged = False   # True while scale * B @ A sits inside base_layer.weight
         self.primary = "default"       # the name of the adapter held on the layer itself
         self.active: str | None = "default"   # the adapter forward adds; None: base only
@@ -125,10 +122,9 @@ class LoraLayer(AdapterLayer):
             del self.others
 
     def _added(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
-        """What the adapters add to y = base(x): the active adapter's update, or with `rows`
-        set, row i gets the update of adapter rows[i] (None / an adapter that does not target
-        this layer: nothing). Rows are gathered per adapter, so each row's numbers are those
-        it would get alone."""
+        """What the adapters add to y = base(x): the active adapter's update, or with `rows` set
+        row i gets adapter rows[i]'s (None / an adapter not on this layer: nothing). Rows are
+        gathered per adapter, so each row's numbers are those it would get alone."""
         names = self.adapter_names()
         if self.rows is None:
             if self.active not in names:
@@ -182,13 +178,10 @@ class LoraLayer(AdapterLayer):
 
     @torch.no_grad()
     def merge(self, untie: bool = False) -> None:
-        """W <- W + scale * B @ A of the active adapter; the forward pass then skips A and B.
-        A no-op when merged.
-
-        untie=True (the base weight is tied to another module, e.g. GPT-2's wte and lm_head):
-        the layer gets its own merged copy W + scale * B @ A and the shared W is left as it
-        was, so the other module keeps reading the base weights; unmerge() puts the shared
-        tensor back (tie restored, bit for bit)."""
+        """W <- W + scale * B @ A of the active adapter; forward then skips A and B. A no-op
+        when merged. untie=True (W tied to another module, e.g. GPT-2's wte and lm_head): the
+        layer gets its own merged copy and the shared W stays as it was for the other module;
+        unmerge() puts the shared tensor back (tie restored, bit for bit)."""
         if self.merged:
             return
         if self.active is None:
@@ -206,7 +199,7 @@ class LoraLayer(AdapterLayer):
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """W <- W - scale * B @ A (or the tied tensor back after an untying merge). A no-op
+        """W <- W - scale * B @ A (or the tied tensor back after an untying merge); a no-op
         when not merged."""
         if not self.merged:
             return
@@ -218,10 +211,8 @@ class LoraLayer(AdapterLayer):
         self.__dict__.pop("_merged_name", None)
         self.merged = False
 
-    @property
-    def untied(self) -> bool:
-        """True while merged into an own copy of a tied weight (see merge(untie=True))."""
-        return "_tied_weight" in self.__dict__
+    # True while merged into an own copy of a tied weight (see merge(untie=True))
+    untied = property(lambda self: "_tied_weight" in self.__dict__)
 
     def extra_repr(self) -> str:
         return f"r={self.r}, alpha={self.alpha}, scale={self.scale:g}, merged={self.merged}"
@@ -244,6 +235,17 @@ class LoraLinear(LoraLayer):
         super().__init__(base_layer, r, alpha, rslora)
         self.fan_in_fan_out = is_conv1d(base_layer)
         self._build(self, r, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The fused step (core/lowrank.py) when that is all there is to do: the first
+        adapter active, no dropout to apply, nothing to cast; LoraLayer.forward otherwise."""
+        b = self.base_layer
+        if self.active != self.primary or self.merged or self.rows is not None or \
+                (self.training and isinstance(self.lora_dropout, nn.Dropout)) or \
+                not can_fuse(b, x, self.lora_A.weight):
+            return super().forward(x)
+        return lowrank_linear(x, b.weight, b.bias, self.lora_A.weight, self.lora_B.weight,
+                              self.scale, self.fan_in_fan_out)
 
     def _build(self, p: nn.Module, r: int, dropout: float) -> None:
         d_in, d_out = dims(self.base_layer)
@@ -268,9 +270,8 @@ class LoraConv2d(LoraLayer):
     """y = base(x) + scale * B(A(dropout(x)))
 
     x: (N, C_in, H, W) -> y: (N, C_out, H', W'). A: a Conv2d C_in -> r with the base's kernel,
-    stride, padding and dilation, weight (r, C_in, kh, kw); B: a 1x1 Conv2d r -> C_out,
-    weight (C_out, r, 1, 1). delta_weight[o, i, u, v] = scale * sum_k B[o, k] A[k, i, u, v].
-    """
+    stride, padding and dilation, weight (r, C_in, kh, kw); B: a 1x1 Conv2d r -> C_out, weight
+    (C_out, r, 1, 1). delta_weight[o, i, u, v] = scale * sum_k B[o, k] A[k, i, u, v]."""
 
     def __init__(self, base_layer: nn.Conv2d, r: int, alpha: float, dropout: float = 0.0,
                  rslora: bool = False):
@@ -303,11 +304,10 @@ class LoraEmbedding(LoraLayer):
     (num_embeddings, r) embedding table. delta_weight = scale * (B @ A).T, (num_embeddings, dim).
     Following HF PEFT, A starts at zero and B normal (the reverse of Linear: a zero A still
     lets B get gradients), and there is no dropout (the inputs are token ids).
-
-    max_norm (the base renormalises looked-up rows to norm <= max_norm): it applies to the
-    adapted rows W[ids] + delta[ids], exactly what the merged layer looks up, so merged and
-    unmerged outputs agree. (HF PEFT renormalises the rows of A instead.) As in the base
-    layer, a merged lookup then renormalises those rows of W in place.
+    max_norm (the base renormalises looked-up rows to norm <= max_norm) applies to the adapted
+    rows W[ids] + delta[ids], exactly what the merged layer looks up, so merged and unmerged
+    outputs agree (HF PEFT renormalises the rows of A instead); as in the base layer, a merged
+    lookup then renormalises those rows of W in place.
     """
 
     def __init__(self, base_layer: nn.Embedding, r: int, alpha: float, rslora: bool = False):

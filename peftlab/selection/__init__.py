@@ -2,7 +2,9 @@
 CVPR 2024), SPT's sensitivity count (He et al., ICCV 2023), whole-tensor selection.
 
     selection.py  scores from gradients (Fisher, |grad|, |w * grad|), masks at a granularity,
-                  SparseDelta (W + scatter(values)), where the selected entries lie
+                  where the selected entries lie
+    sparse.py     SparseDelta (W + scatter(values)) and the layers' fast path: no dense
+                  W + delta and no dense weight gradient in Linear / Conv1D / Embedding
     surgery.py    SelectionConfig, apply (score, select, attach deltas), masks_of, merge, unload
     format.py     saving / loading (indices + values; no batches needed to reload)
 
@@ -19,13 +21,13 @@ from peftlab.selection.selection import (
     GRANULARITIES,
     KINDS,
     LayerRow,
-    SparseDelta,
     candidate_names,
     compute_scores,
     layer_summary,
     make_masks,
     resolve_count,
 )
+from peftlab.selection.sparse import SparseDelta, sparse_embedding, sparse_linear
 from peftlab.selection.surgery import (
     SelectionConfig,
     apply,
@@ -39,5 +41,5 @@ __all__ = [
     "GRANULARITIES", "KINDS", "LayerRow", "SUFFIXES", "SelectionConfig", "SparseDelta",
     "adapter_state_dict", "apply", "candidate_names", "compute_scores", "layer_summary",
     "load_adapter_state", "make_masks", "masks_of", "merge", "prepare_load", "resolve_count",
-    "sparse_layers", "unload",
+    "sparse_embedding", "sparse_layers", "sparse_linear", "unload",
 ]

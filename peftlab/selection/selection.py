@@ -19,7 +19,8 @@ gradient g_b = dL_b/dw, or N single examples i with gradient g_i):
 These functions only read the model: weights, buffers (BatchNorm running statistics),
 requires_grad flags, .grad, every module's train/eval mode and the global RNG are all as they
 were afterwards. They are plain functions so widgets and
-notebooks can call them (pl.selection re-exports them). SparseDelta is the update itself: W + scatter(values).
+notebooks can call them (pl.selection re-exports them). The update itself, W + scatter(values)
+in storage and in compute, is selection/sparse.py.
 """
 
 from __future__ import annotations
@@ -246,26 +247,6 @@ def make_masks(scores: dict[str, torch.Tensor], fraction: float | None = None,
                 used += cpu[names[i]].numel()
         masks = {n: torch.full(s.shape, n in chosen, dtype=torch.bool) for n, s in cpu.items()}
     return {n: m.to(scores[n].device) for n, m in masks.items()}
-
-
-# --- the sparse update ----------------------------------------------------------------------
-
-class SparseDelta(nn.Module):
-    """The parametrization W -> W + scatter(values) at flat positions `indices`. On fp16 /
-    bf16 weights the values are kept in fp32 (pass dtype=) and cast for the sum."""
-
-    def __init__(self, shape, indices: torch.Tensor, dtype=torch.float32, device=None):
-        super().__init__()
-        self.shape = tuple(shape)
-        self.register_buffer("indices", indices.to(device=device, dtype=torch.long))   # (k,)
-        self.values = nn.Parameter(torch.zeros(indices.numel(), dtype=dtype, device=device))
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:   # (S) -> (S)
-        values = self.values.to(weight.dtype)     # fp32 values on an fp16 / bf16 weight
-        return weight.reshape(-1).index_add(0, self.indices, values).view_as(weight)
-
-    def extra_repr(self) -> str:
-        return f"shape={self.shape}, selected={self.indices.numel():,}"
 
 
 # --- where the selected entries live ---------------------------------------------------------

@@ -15,7 +15,8 @@ The delta, for a selected tensor W of shape S with k selected flat positions `in
                                        values Parameter (k,), initialised to 0
 
 registered with torch.nn.utils.parametrize, so every module (Linear, Embedding, LayerNorm,
-...) keeps working unchanged. The optimizer sees only `values`: its state (AdamW: two moments)
+...) keeps working unchanged; Linear, Conv1D and Embedding layers also get a forward that never
+forms the dense W_eff or its dense gradient (selection/sparse.py: only the k values' gradient). The optimizer sees only `values`: its state (AdamW: two moments)
 and the saved adapter scale with k, and unselected entries stay bit-identical to the base
 under any optimizer, weight decay and momentum included. (A gradient mask on the dense
 weight is not enough: AdamW's decay and momentum would still move masked entries.) A tensor
@@ -40,12 +41,12 @@ from peftlab.core.targets import find_targets
 from peftlab.selection.selection import (
     GRANULARITIES,
     KINDS,
-    SparseDelta,
     candidate_names,
     compute_scores,
     make_masks,
     resolve_count,
 )
+from peftlab.selection.sparse import SparseDelta, has_fast_path, sparse_forward
 
 
 @dataclass
@@ -120,6 +121,8 @@ def _install(model: nn.Module, masks: dict[str, torch.Tensor], dense: list[str])
             owner, attr = _owner(model, other)
             parametrize.register_parametrization(owner, attr, delta, unsafe=True)
             owner.parametrizations[attr].original.requires_grad_(False)
+            if attr == "weight" and has_fast_path(owner):   # Linear, Conv1D, Embedding
+                type(owner).forward = sparse_forward   # parametrize made this class for owner
     return originals
 
 
