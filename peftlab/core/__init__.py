@@ -3,6 +3,7 @@
     errors.py     TargetError, AlreadyAdaptedError, AdapterError
     state.py      which method a model carries (MethodState), eval_mode
     layers.py     AdapterLayer, the one import of transformers' Conv1D
+    lowrank.py    a frozen linear + a low-rank update in one autograd step (LoRA's fast path)
     heads.py      the one rule for a model's output head (tied LM heads included)
     targets.py    target matching, module replacement, freezing, modules_to_save
     batches.py    what a batch is; forward and the default loss
