@@ -16,10 +16,13 @@ Selection also reports its one-off scoring time (per-example Fisher over --score
 forward builds W + delta, backward forms the dense weight gradient), the path before issue 18.
 
     .venv/bin/python benchmarks/bench_selection.py [--steps 8] [--fraction 0.005] [--dense]
+                                                   [--threads 1 --cpu-time]
 
-Expect (2 cores, batch 32 x 32 tokens, measured in issue 18): selection 0.5% steps at about
-1.0x LoRA's (0.45-0.5x full FT), its train state about 1.0x LoRA's; the dense path about
-1.2x LoRA's step. Optimizer state: selection ~0.5% of full FT's, LoRA ~0.3%.
+Expect (issue 18, 2 cores, batch 32 x 32 tokens; measured while another job kept the machine
+busy): selection 0.5% steps at about 1.06x LoRA's (0.70x full FT), its train state 1.00x
+LoRA's (saved activations 64 MB each; the dense path saves 130 MB, 1.44x LoRA's state).
+On one thread by CPU time (--threads 1 --cpu-time), selection is 1.08x LoRA, the dense
+path 1.54x, full FT 1.9x. Optimizer state: selection 0.5% of full FT's, LoRA 0.3%.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ def dense_path(model) -> None:
 
 
 class Variant:
+    clock = staticmethod(time.perf_counter)
+
     def __init__(self, model, device):
         self.model = model.to(device).train()
         params = [p for p in model.parameters() if p.requires_grad]
@@ -61,7 +66,7 @@ class Variant:
         self.times, self.i, self.device = [], 0, device
 
     def step(self, batch) -> None:
-        t0 = time.perf_counter()
+        t0 = self.clock()
         loss = pl.train.loss_fn(self.model, batch) + pl.regularization(self.model)
         loss.backward()
         self.opt.step()
@@ -69,7 +74,7 @@ class Variant:
         self.opt.zero_grad(set_to_none=True)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        self.times.append(time.perf_counter() - t0)
+        self.times.append(self.clock() - t0)
         self.i += 1
 
     def saved_bytes(self, batch) -> int:
@@ -89,7 +94,17 @@ def main():
     ap.add_argument("--dense", action="store_true", help="also time the dense parametrization")
     ap.add_argument("--no-full", action="store_true", help="leave full fine-tuning out")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time steps by this thread's CPU time (with --threads 1): what a busy "
+                         "machine does not inflate")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.cpu_time:
+        if torch.get_num_threads() != 1:
+            raise SystemExit("--cpu-time measures one thread: add --threads 1.")
+        Variant.clock = staticmethod(time.thread_time)
     device = pl.runtime.get_device(args.device)
     pl.runtime.seed_everything(0)
     base, tok = pl.models.text_classifier(num_labels=2, seed=0)

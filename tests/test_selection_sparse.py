@@ -9,7 +9,6 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers.pytorch_utils import Conv1D
 
 import peftlab as pl
 from peftlab import selection as sel

@@ -38,7 +38,7 @@ from peftlab.selection.surgery import (
 )
 
 __all__ = [
-    "GRANULARITIES", "KINDS", "LayerRow", "SUFFIXES", "SelectionConfig", "SparseDelta",
+    "GRANULARITIES", "KINDS", "SUFFIXES", "LayerRow", "SelectionConfig", "SparseDelta",
     "adapter_state_dict", "apply", "candidate_names", "compute_scores", "layer_summary",
     "load_adapter_state", "make_masks", "masks_of", "merge", "prepare_load", "resolve_count",
     "sparse_embedding", "sparse_layers", "sparse_linear", "unload",

@@ -1,9 +1,9 @@
 """The sparse update, sparse in compute too: W_eff = W + scatter(values) at k flat positions.
 
     SparseDelta       the parametrization W -> W + scatter(values) (torch parametrize): any
-                      module reading .weight sees W_eff, merge folds it in. Alone it costs
-                      what full fine-tuning costs: a dense W_eff each forward, and backward
-                      forms the dense gradient dL/dW_eff (d_out x d_in) to gather k entries.
+                      module reading .weight sees W_eff, merge folds it in. Alone it costs,
+                      per selected tensor, what full fine-tuning costs: a dense W_eff each
+                      forward, and backward forms the dense dL/dW_eff to gather k entries.
     sparse_linear     Linear / Conv1D without that: y = x W_eff^T + b, and the k values'
                       gradient straight from the output gradient g and the input x,
 
@@ -11,8 +11,8 @@
 
                       N * k products instead of the N * d_out * d_in of the dense gradient;
                       backward keeps only the input columns some value reads. Where the
-                      entries are dense in their rows x columns block (a heavily selected
-                      matrix, or row selection), the block g[:, R]^T @ x[:, C] is one matmul.
+                      entries fill their rows x columns block densely enough (a heavily
+                      selected matrix), the block g[:, R]^T @ x[:, C] is one matmul instead.
     sparse_embedding  Embedding: the base lookup plus a lookup in a small table holding only
                       the rows with selected entries (no dense copy or gradient of the table).
     sparse_forward    the forward surgery.py gives those layers; every other module (LayerNorm,
@@ -29,10 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-try:  # GPT-2's "linear" layer (y = x @ W + b, W stored (d_in, d_out))
-    from transformers.pytorch_utils import Conv1D
-except ImportError:  # pragma: no cover
-    Conv1D = None
+from peftlab.core.layers import Conv1D  # GPT-2's linear: y = x @ W + b, W (d_in, d_out)
 
 CHUNK = 1 << 20   # products per gather chunk in backward (temporaries of ~4 MB fp32)
 DENSE_BLOCK = 64  # one matmul over the rows x columns block when it is < 64x the k entries
@@ -91,7 +88,7 @@ def _make_plan(kind: str, idx: torch.Tensor, shape: tuple) -> tuple:
 
 def _values_grad(g: torch.Tensor, xc: torch.Tensor, plan: tuple) -> torch.Tensor:
     """dL/dv_i = sum_n g[n, r_i] * x[n, c_i], in fp32. g: (N, d_out), xc: (N, C) = x[:, in_u]."""
-    out, out_u, in_u, in_pos, flat, block = plan
+    out, out_u, _, in_pos, flat, block = plan
     g, xc = g.float(), xc.float()
     if block:                                    # the rows x columns block in one matmul
         gr = g if out_u.numel() == g.shape[1] else g.index_select(1, out_u)       # (N, R)
@@ -189,7 +186,7 @@ def sparse_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     class by surgery.py): the fast path when .weight is exactly `frozen W + one SparseDelta`,
     the base class's forward (reading the parametrized weight) otherwise."""
     kind, base = _fast_kind(self), type(self).__bases__[0]
-    plist = self.parametrizations["weight"] if "weight" in self.parametrizations else None
+    plist = self.parametrizations._modules.get("weight")   # a ModuleDict has no .get
     if plist is None or len(plist) != 1 or not isinstance(plist[0], SparseDelta) \
             or plist.original.requires_grad:
         return base.forward(self, x)
