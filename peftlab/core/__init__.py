@@ -7,6 +7,7 @@
     heads.py      the one rule for a model's output head (tied LM heads included)
     targets.py    target matching, module replacement, freezing, modules_to_save
     batches.py    what a batch is; forward and the default loss
+    per_example.py  per-example squared gradients from one batched backward pass (FISH's Fisher)
     hf.py         transformers helpers (attention implementation switching)
     registry.py   method name -> package; pl.after_step / pl.regularization
 """
