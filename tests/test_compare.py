@@ -297,3 +297,20 @@ def test_python_dash_m_entry_point():
     assert proc.returncode == 2 and "argument --epochs: must be > 0" in proc.stderr
     with pytest.raises(ValueError, match="Unknown method"):
         compare.run(["full", "nope"])
+
+
+def test_predict_by_length_keeps_the_split_order():
+    """Test predictions are computed in order of token length (less padding) and handed back
+    in the split's own order, so per-category accuracy lines up with the test file."""
+    from peftlab.compare import methods, runner
+    task = methods.text_task(0, quick=True, model_fn=tiny_text_model)
+    model = task.make_model()
+    by_len, order = runner.by_length(task, task.test)
+    lengths = task.test.token_lengths(task.tokenizer)
+    assert sorted(order) == list(range(len(task.test)))
+    assert [lengths[i] for i in order] == sorted(lengths) and lengths != sorted(lengths)
+    preds, labels, loss = runner.predict_by_length(model, task, task.test, 0)
+    want_p, want_y, want_loss = runner.predict(model, task.loader(task.test, 64, False, 0))
+    assert labels == want_y == task.test.labels
+    assert preds == want_p
+    assert abs(loss - want_loss) < 1e-5

@@ -104,7 +104,7 @@ def _adalora(model, ctx):
 TEXT_METHODS = {s.name: s for s in [
     MethodSpec("full", "peftlab.full", "every weight", TrainBudget(1280, 1, 1e-4), _full("all")),
     MethodSpec("head", "peftlab.full", "linear probe: Linear on the frozen mean-pooled encoder",
-               TrainBudget(2400, 2, 1e-2), _full("head")),
+               TrainBudget(2400, 1, 2e-2), _full("head")),
     MethodSpec("lora", "peftlab.lora", "r=8 on all 36 linear layers + head",
                TrainBudget(2400, 1, 3e-3), _lora("lora_targets")),
     MethodSpec("lora_qv", "peftlab.lora", "r=8 on query,value only (12 layers) + head",

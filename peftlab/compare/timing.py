@@ -37,8 +37,8 @@ def _one_step(model, opt, params, batch, step: int, precision, device, loss_fn) 
 
 
 def interleaved_step_times(specs: dict, task, *, seed: int, device, precision,
-                           total_steps: Callable[[str], int], rounds: int = 5,
-                           steps_per_turn: int = 2, warmup: int = 2,
+                           total_steps: Callable[[str], int], rounds: int = 4,
+                           steps_per_turn: int = 2, warmup: int = 1,
                            batch_size: int = 32,
                            on_start: Callable[[], None] | None = None) -> dict[str, dict]:
     """{method: {"median": s, "spread": fraction, "samples": [s, ...]}} for specs
