@@ -237,3 +237,22 @@ def test_fixed_errors_stay_fixed():
     assert "every method of the course works on a torchvision CNN" not in text["07_vision"]
     assert "weights + gradients + optimizer state.\n" not in text["08_bring_your_own_model"]
     assert "activations" in text["08_bring_your_own_model"]
+
+
+def test_course_fits_its_time_budget():
+    """The measured run times in the course map: each notebook under 3 minutes, the whole course
+    under 12, and the total the README states is their sum."""
+    readme = (NB_DIR / "README.md").read_text()
+    secs = {}
+    for line in readme.splitlines():
+        hit = re.search(r"\((\d\d_\w+)\.ipynb\).*\| ([\d.]+) (s|min) \|$", line)
+        if hit:
+            secs[hit.group(1)] = float(hit.group(2)) * (60 if hit.group(3) == "min" else 1)
+    every = sorted(p.stem for p in NB_DIR.glob("[0-9][0-9]_*.ipynb"))
+    assert sorted(secs) == every, sorted(set(every) ^ set(secs))
+    slow = {n: s for n, s in secs.items() if s >= 180}
+    assert not slow, f"notebooks over 3 minutes: {slow}"
+    total = sum(secs.values()) / 60
+    assert total < 12, f"the course takes {total:.1f} minutes"
+    said = re.search(r"\*\*Whole course: about (\d+) minutes\.\*\*", readme)
+    assert said and int(said.group(1)) == round(total), (said and said.group(0), total)
