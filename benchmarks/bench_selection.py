@@ -18,9 +18,10 @@ forward builds W + delta, backward forms the dense weight gradient), the path be
     .venv/bin/python benchmarks/bench_selection.py [--steps 8] [--fraction 0.005] [--dense]
                                                    [--threads 1 --cpu-time]
 
-Expect (issue 18, 2 cores, batch 32 x 32 tokens; measured while another job kept the machine
-busy): selection 0.5% steps at about 1.06x LoRA's (0.70x full FT), its train state 1.00x
-LoRA's (saved activations 64 MB each; the dense path saves 130 MB, 1.44x LoRA's state).
+Expect (2 cores, batch 32 x 32 tokens, --dense, measured on a quiet machine): selection 0.5%
+steps at about 1.12x LoRA's (paired 1.15; 0.60x full FT), the dense path 1.47x, full FT 1.88x;
+selection's train state 1.00x LoRA's (saved activations 64 MB each; the dense path saves 132 MB,
+1.44x LoRA's state). On a machine busy with another job it measured 1.06x LoRA, 0.70x full FT.
 On one thread by CPU time (--threads 1 --cpu-time), selection is 1.08x LoRA, the dense
 path 1.54x, full FT 1.9x. Optimizer state: selection 0.5% of full FT's, LoRA 0.3%.
 """
