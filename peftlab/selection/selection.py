@@ -122,7 +122,7 @@ def compute_scores(model: nn.Module, batches: Iterable, loss_fn: Callable | None
     batched: per-example Fisher from one backward pass per batch (core/per_example.py)
     where the model allows it (Linear, Conv1D, Embedding and LayerNorm parameters), checked on
     the first batch against single-example passes; False, or any other model: one backward
-    pass per example (the reference; about 5x slower on MiniLM).
+    pass per example (the reference; about 7x slower on MiniLM).
     """
     if kind not in KINDS:
         raise ValueError(f"Unknown score kind {kind!r}: use one of {KINDS}.")
