@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peftlab.core.batches import split_batch
 from peftlab.core.layers import Conv1D, is_conv1d, tied_parameter_ids
 
 SUPPORTED: tuple[type, ...] = (nn.Linear, nn.Embedding, nn.LayerNorm) + (
@@ -64,7 +65,7 @@ def plan(model: nn.Module, names: list[str]) -> dict[str, dict[str, str]] | None
 
 def batch_size(batch) -> int:
     """Examples in a batch: the labels' length (dict or (inputs, labels))."""
-    y = batch.get("labels") if isinstance(batch, dict) else batch[1]
+    y = split_batch(batch)[1]
     if y is None:
         y = next(v for v in batch.values() if torch.is_tensor(v))
     return int(y.shape[0])
