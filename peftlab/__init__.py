@@ -9,35 +9,93 @@
 
 Your own data: pl.data.load_dataset("my.csv", text_column=..., label_column=...); the command
 line does the same: `peftlab train | evaluate | predict | compare` (see `peftlab --help`).
+
+Everything loads on first use, so `import peftlab` imports nothing but this file: the
+sub-packages below (`pl.train`, `pl.models`, ...), the functions re-exported here
+(`pl.save_adapter`, ...) and every method of the registry (`pl.lora`, `pl.full`, and
+out-of-tree methods installed under the entry-point group "peftlab.methods"; see
+peftlab/core/registry.py).
 """
 
 from __future__ import annotations
 
 import importlib
-
-from peftlab import core, data, io, measure, models, runtime, train
-from peftlab.core.registry import after_step, regularization
-from peftlab.export import export_merged
-from peftlab.io.adapters import load_adapter, save_adapter
-from peftlab.lora.named import adapter_names, delete_adapter, disable_adapters, set_adapter
-from peftlab.predict import Predictions, predict
-from peftlab.report import trainable_report
+import sys
+import types
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-# method modules and widgets load on first use, so `import peftlab` stays fast
-_LAZY = {"full", "lora", "prefix", "prompt", "selection", "adalora", "widgets", "plots",
-         "compare", "exercises", "report", "cli"}
+# sub-packages and modules, imported on first use
+_MODULES = {"core", "data", "io", "measure", "models", "runtime", "train", "widgets", "plots",
+            "compare", "exercises", "report", "cli", "serve", "commands"}
+
+# functions and classes re-exported at the top: name -> the module that defines it
+_FUNCTIONS = {
+    "after_step": "peftlab.core.registry",
+    "regularization": "peftlab.core.registry",
+    "export_merged": "peftlab.export",
+    "load_adapter": "peftlab.io.adapters",
+    "save_adapter": "peftlab.io.adapters",
+    "adapter_names": "peftlab.lora.named",
+    "delete_adapter": "peftlab.lora.named",
+    "disable_adapters": "peftlab.lora.named",
+    "set_adapter": "peftlab.lora.named",
+    "Predictions": "peftlab.predict",
+    "predict": "peftlab.predict",
+    "trainable_report": "peftlab.report",
+}
+
+if TYPE_CHECKING:                                   # for editors and type checkers only
+    from peftlab.core.registry import after_step, regularization  # noqa: F401
+    from peftlab.export import export_merged  # noqa: F401
+    from peftlab.io.adapters import load_adapter, save_adapter  # noqa: F401
+    from peftlab.lora.named import (  # noqa: F401
+        adapter_names,
+        delete_adapter,
+        disable_adapters,
+        set_adapter,
+    )
+    from peftlab.predict import Predictions, predict  # noqa: F401
+    from peftlab.report import trainable_report  # noqa: F401
+
+
+def _methods() -> list[str]:
+    from peftlab.core import registry
+    return registry.names()
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        return importlib.import_module(f"peftlab.{name}")
-    raise AttributeError(f"module 'peftlab' has no attribute {name!r}")
+    if name == "__all__":                            # the public API, methods included
+        return sorted((_MODULES - {"serve", "commands"}) | set(_FUNCTIONS) | set(_methods()))
+    if name in _FUNCTIONS:
+        value = getattr(importlib.import_module(_FUNCTIONS[name]), name)
+    elif name in _MODULES:
+        value = importlib.import_module(f"peftlab.{name}")
+    elif not name.startswith("_") and name in _methods():
+        from peftlab.core import registry
+        value = registry.method_module(name)
+    else:
+        raise AttributeError(f"module 'peftlab' has no attribute {name!r}")
+    globals()[name] = value                          # later lookups skip __getattr__
+    return value
 
 
-__all__ = ["Predictions", "adapter_names", "after_step", "core", "data", "delete_adapter",
-           "disable_adapters", "export_merged", "io", "load_adapter", "measure", "set_adapter",
-           "models", "predict", "regularization", "runtime", "save_adapter", "train",
-           "trainable_report",
-           *sorted(_LAZY)]
+class _Facade(types.ModuleType):
+    """This module's type: importing the submodule peftlab.predict makes Python set the
+    attribute `predict` on its package, which would hide the function pl.predict; a function
+    re-exported here keeps its name (the documented way to customise a module's attributes:
+    the Python reference, "Customizing module attribute access")."""
+
+    def __setattr__(self, name, value):
+        if name in _FUNCTIONS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Facade
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _MODULES | set(_FUNCTIONS) | set(_methods()))
+

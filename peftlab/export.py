@@ -12,8 +12,8 @@ model.safetensors), the tokenizer beside it, class names in config.id2label / la
 The caller's model is not touched. The folder is written to a temporary sibling and moved
 into place at the end, so a crash never leaves a half-written export behind.
 
-Prefix and prompt tuning cannot be merged into weights (their virtual tokens are extra
-inputs, not a weight update): they are refused with that reason.
+A method that cannot be merged into weights (prefix and prompt tuning: their virtual tokens
+are extra inputs, not a weight update; see each method's spec.py) is refused with its reason.
 """
 
 from __future__ import annotations
@@ -26,27 +26,20 @@ from pathlib import Path
 
 from torch import nn
 
-from peftlab.core.registry import method_module
-from peftlab.core.state import get_method, unmark
+from peftlab.core import registry
+from peftlab.core.state import get_method
 from peftlab.data.labels import label_names_of, set_label_names
-
-MERGEABLE = {"lora": True, "adalora": True, "selection": True, "full": None}
 
 
 def merged_copy(model: nn.Module) -> nn.Module:
-    """A plain copy of `model` with its adapter merged into the weights."""
+    """A plain copy of `model` with its adapter merged into the weights (the method's
+    unload(merge=True)); a method whose spec says it cannot merge is refused first."""
     method = get_method(model)
-    if method is not None and method not in MERGEABLE:
-        raise ValueError(f"A {method!r} adapter cannot be merged into the base weights (its "
-                         f"virtual tokens are extra inputs, not a weight update), so there is "
-                         f"no plain model to export; save it with pl.save_adapter instead.")
+    if method is not None and not registry.spec(method).mergeable:
+        raise ValueError(registry.cannot_merge(method))
     clone = copy.deepcopy(model)
-    if method is None:
-        return clone
-    if MERGEABLE[method]:
-        method_module(method).unload(clone, merge=True)
-    else:
-        unmark(clone)                    # full fine-tuning: the weights are the model already
+    if method is not None:
+        registry.method_module(method).unload(clone, merge=True)
     return clone
 
 

@@ -13,7 +13,7 @@ import pytest
 
 import peftlab as pl
 
-METHOD_PACKAGES = ("full", "lora", "adalora", "selection", "prefix", "prompt")
+METHOD_PACKAGES = tuple(pl.core.registry.names())        # every registered method
 
 
 def public_api() -> dict[str, object]:

@@ -132,7 +132,7 @@ def apply(method: str, model: nn.Module, arch: str) -> nn.Module:
     if method == "prompt":
         return pl.prefix.apply(model, pl.prefix.PromptConfig(num_virtual_tokens=3, init="normal"))
     mode = method.split("-")[1]
-    heads = ["ln_f"] if arch == "gpt2" and mode != "all" else []     # GPT-2's head is tied
+    heads = ["ln_f"] if arch == "gpt2" and mode != "all" else None   # GPT-2's head is tied
     return pl.full.apply(model, pl.full.FullConfig(mode=mode, modules_to_save=heads))
 
 
@@ -174,7 +174,9 @@ MERGE = {"lora": (pl.lora.merge, pl.lora.unmerge),
          "adalora": (pl.adalora.merge, pl.adalora.unmerge)}
 HF_FORMAT = ("lora", "adalora")
 ARCHS = ["bert", "gpt2", "llama", "cnn"]
-METHODS = ["lora", "adalora", "selection", "prefix", "prompt", "full-bitfit", "full-all"]
+# every registered method (full in two of its modes), from the registry
+METHODS = [m for n in pl.core.registry.names()
+           for m in (["full-bitfit", "full-all"] if n == "full" else [n])]
 
 
 @pytest.fixture(autouse=True, scope="module")

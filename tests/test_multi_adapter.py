@@ -155,7 +155,7 @@ def test_delete_replace_and_merge(two, tmp_path):
 def test_unload_keeps_the_active_adapter(two):
     model, _, b, _, _ = two
     pl.set_adapter(model, "support")
-    pl.lora.unload(model)
+    pl.lora.unload(model, merge=True)
     assert torch.allclose(out(model), out(b), atol=1e-5)
     assert not any("peftlab_heads" in k or "lora_" in k for k in model.state_dict())
 

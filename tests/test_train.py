@@ -46,6 +46,8 @@ def apply_method(name, model, batches):
     elif name == "adalora":
         pl.adalora.apply(model, pl.adalora.AdaLoraConfig(init_r=4, target_r=2,
                                                          total_steps=6, tinit=1, tfinal=2))
+    else:
+        raise AssertionError(f"no small config for the registered method {name!r} here")
     return model
 
 
@@ -71,7 +73,7 @@ def hand_loop(model, batches, steps, lr):
     return model
 
 
-METHODS = ["full", "head", "bitfit", "lora", "prefix", "prompt", "selection", "adalora"]
+METHODS = list(pl.core.registry.train_entries())   # every `peftlab train --method` choice
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -18,32 +18,16 @@ saving and the Hugging Face PEFT format are in peftlab/adalora/format.py.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from peftlab.adalora.adalora import SVDLinear, allocate, budget_schedule, orthogonality_penalty
-from peftlab.core.heads import default_heads
+from peftlab.core.adapt import Plan, adapt, heads_for
 from peftlab.core.layers import LINEAR_TYPES
-from peftlab.core.state import (
-    ensure_plain,
-    get_config,
-    get_method,
-    mark,
-    method_state,
-    restore,
-    snapshot,
-    unmark,
-)
-from peftlab.core.targets import (
-    find_targets,
-    freeze,
-    replace_module,
-    resolve_modules_to_save,
-    unfreeze_modules,
-)
+from peftlab.core.state import get_config, get_method, mark, method_state, restore, unmark
+from peftlab.core.targets import find_targets, replace_module
 from peftlab.lora.lora import LoraLayer, LoraLinear
 from peftlab.lora.surgery import LoraConfig
 
@@ -65,24 +49,24 @@ class AdaLoraConfig:
     orth_reg_weight: weight of the orthogonality penalty added by pl.regularization.
     alpha: the update scale is alpha / init_r (PEFT: lora_alpha / ranknum).
     dropout: dropout on the adapter's input only.
-    modules_to_save: modules also trained in full; None: the detected output head.
+    modules_to_save: modules also trained in full; None: the detected output head; []: none
+        (the one heads rule, peftlab/core/adapt.py).
     """
 
     method = "adalora"
-    init_r: int = 12              # rank every matrix starts with (paper: ~1.5x the final average)
-    target_r: int = 8             # average rank at the end: final budget = target_r * n_matrices
-    # modules to adapt (Linear / Conv1D), matched by the rules of peftlab/core/targets.py
+    init_r: int = 12
+    target_r: int = 8
     targets: list = field(default_factory=lambda: ["query", "value"])
-    total_steps: int = 1000       # optimizer steps of the whole run: the schedule is laid out on it
-    tinit: int = 0                # warm-up steps at the full budget before any rank is dropped
-    tfinal: int = 1               # last steps with the mask fixed (>= 1: fixed at step T - tfinal)
-    delta_t: int = 1              # re-mask every delta_t steps while the budget falls
-    beta1: float = 0.85           # EMA factor of the sensitivity |w * grad| (paper: 0.85)
-    beta2: float = 0.85           # EMA factor of its uncertainty |I - I_bar| (paper: 0.85)
-    orth_reg_weight: float = 0.1  # weight of the orthogonality penalty added by pl.regularization
-    alpha: float = 16.0           # update scale is alpha / init_r (PEFT: lora_alpha / ranknum)
-    dropout: float = 0.0          # dropout on the adapter's input only
-    modules_to_save: list | None = None  # also trained in full; None: the detected output head
+    total_steps: int = 1000
+    tinit: int = 0
+    tfinal: int = 1
+    delta_t: int = 1
+    beta1: float = 0.85
+    beta2: float = 0.85
+    orth_reg_weight: float = 0.1
+    alpha: float = 16.0
+    dropout: float = 0.0
+    modules_to_save: list | None = None
 
     def __post_init__(self):
         self.validate()
@@ -132,20 +116,19 @@ def apply(model: nn.Module, config: AdaLoraConfig | None = None) -> nn.Module:
     if not isinstance(config, AdaLoraConfig):
         raise TypeError(f"pl.adalora.apply needs an AdaLoraConfig, got {type(config).__name__}.")
     config.validate()
-    ensure_plain(model, "adalora")
-    names = find_targets(model, config.targets, allowed=LINEAR_TYPES, method="AdaLoRA")
-    keep = resolve_modules_to_save(model, names, config.modules_to_save, default_heads(model),
-                                   "an AdaLoRA")
-    new = {n: SVDLinear(model.get_submodule(n), config.init_r, config.alpha, config.dropout,
-                        config.total_steps) for n in names}
-    originals = snapshot(model, keep)
-    freeze(model)
-    for n, layer in new.items():
-        replace_module(model, n, layer)
-    unfreeze_modules(model, keep)
-    mark(model, "adalora", dataclasses.replace(config, modules_to_save=keep), names,
-         originals=originals)
-    return model
+
+    def plan() -> Plan:
+        names = find_targets(model, config.targets, allowed=LINEAR_TYPES, method="AdaLoRA")
+        keep = heads_for(model, config.modules_to_save, names, "an AdaLoRA")
+        new = {n: SVDLinear(model.get_submodule(n), config.init_r, config.alpha, config.dropout,
+                            config.total_steps) for n in names}
+        return Plan(names, keep, parts=new)
+
+    def attach(p: Plan) -> None:
+        for n, layer in p.parts.items():
+            replace_module(model, n, layer)
+
+    return adapt(model, "adalora", config, plan, attach)
 
 
 def layers(model: nn.Module) -> dict[str, SVDLinear]:
@@ -287,10 +270,11 @@ def unmerge(model: nn.Module) -> nn.Module:
     return model
 
 
-def unload(model: nn.Module, merge: bool = True) -> nn.Module:
-    """Replace each SVD layer by its base layer; returns a plain model. merge=True bakes the
-    update in (modules_to_save keep what they learned); merge=False throws the adapter away
-    and puts back the modules_to_save weights recorded at apply: the base model."""
+def unload(model: nn.Module, merge: bool = False) -> nn.Module:
+    """Replace each SVD layer by its base layer; returns a plain model. merge=False (the
+    default, as for every method) throws the adapter away and puts back the modules_to_save
+    weights recorded at apply: the base model. merge=True bakes the update in
+    (modules_to_save keep what they learned)."""
     found = layers(model)
     for layer in found.values():
         layer.merge() if merge else layer.unmerge()

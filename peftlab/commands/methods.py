@@ -1,61 +1,54 @@
 """The methods `peftlab train` can apply, their command-line options and default learning
-rates (the rates `peftlab compare` found to work on the embedded model)."""
+rates: all of it read from the registry (each method's spec.py, see peftlab/core/methodspec.py),
+so a new method appears here without an edit."""
 
 from __future__ import annotations
 
-LEARNING_RATES = {"lora": 3e-3, "adalora": 3e-2, "prefix": 3e-2, "prompt": 3e-2,
-                  "selection": 1e-3, "full": 1e-4, "head": 1e-2, "bitfit": 1e-3}
-METHODS = tuple(LEARNING_RATES)
-DEFAULT_TARGETS = ["query", "value"]
+from peftlab.core import registry
+
+
+def entries() -> dict:
+    """{--method name: (MethodSpec, TrainEntry)}, in listing order."""
+    return registry.train_entries()
+
+
+def names() -> tuple[str, ...]:
+    """The --method choices."""
+    return tuple(entries())
+
+
+def learning_rate(method: str) -> float:
+    """The default peak learning rate of a --method choice."""
+    return entries()[method][1].lr
+
+
+def options() -> dict:
+    """{flag: Option} of every registered method's options; a flag two methods share (LoRA's
+    and AdaLoRA's --r) is declared by the first in listing order."""
+    out = {}
+    for spec in registry.specs().values():
+        for o in spec.options:
+            out.setdefault(o.flag, o)
+    return out
 
 
 def describe(s: dict) -> str:
     """One line naming the method and its main options, e.g. 'lora r=8 alpha=16 on query,value'."""
-    m = s["method"]
-    targets = ",".join(s.get("targets") or DEFAULT_TARGETS)
-    if m == "lora":
-        return f"lora r={s['r']} alpha={s['alpha'] or 2 * s['r']:g} on {targets}"
-    if m == "adalora":
-        return f"adalora rank {s['r']} -> {s['target_r'] or max(1, s['r'] // 2)} on {targets}"
-    if m in ("prefix", "prompt"):
-        return f"{m} with {s['virtual_tokens']} virtual tokens"
-    if m == "selection":
-        return f"selection of {s['fraction']:.2%} of the weights"
-    return {"full": "full fine-tuning", "head": "head only", "bitfit": "BitFit"}[m]
+    return entries()[s["method"]][1].describe(s)
 
 
 def apply_method(model, tokenizer, s: dict, train_split, total_steps: int) -> None:
     """Apply the method named in settings `s` to `model` (in place). A bad option raises
     ValueError before the model changes (each method's apply validates first)."""
-    import peftlab as pl
+    known = entries()
+    if s["method"] not in known:
+        raise ValueError(f"unknown method {s['method']!r}; choose from {', '.join(known)}")
+    known[s["method"]][1].build(model, tokenizer, s, train_split, total_steps)
 
-    m = s["method"]
-    targets = s.get("targets") or DEFAULT_TARGETS
-    alpha = s.get("alpha") or 2 * s["r"]
-    if m == "lora":
-        pl.lora.apply(model, pl.lora.LoraConfig(r=s["r"], alpha=alpha, dropout=s["dropout"],
-                                                targets=targets))
-    elif m == "adalora":
-        tinit, tfinal = max(0, total_steps // 10), max(1, total_steps // 5)
-        if tinit + tfinal >= total_steps:           # very short runs: no warm-up phase
-            tinit, tfinal = 0, 1
-        pl.adalora.apply(model, pl.adalora.AdaLoraConfig(
-            init_r=s["r"], target_r=s.get("target_r") or max(1, s["r"] // 2), targets=targets,
-            total_steps=max(2, total_steps), tinit=tinit, tfinal=tfinal, alpha=alpha,
-            dropout=s["dropout"]))
-    elif m == "prefix":
-        pl.prefix.apply(model, pl.prefix.PrefixConfig(num_virtual_tokens=s["virtual_tokens"]))
-    elif m == "prompt":
-        pl.prompt.apply(model, pl.prompt.PromptConfig(num_virtual_tokens=s["virtual_tokens"],
-                                                      seed=s["seed"]), tokenizer=tokenizer)
-    elif m == "selection":
-        cfg = pl.selection.SelectionConfig(fraction=s["fraction"], per_example=False,
-                                           max_batches=8, seed=s["seed"])
-        loader = train_split.loader(tokenizer, batch_size=s["batch_size"], shuffle=True,
-                                    seed=s["seed"] + 1, max_length=s["max_length"])
-        batches = [b for b, _ in zip(loader, range(cfg.max_batches))]
-        pl.selection.apply(model, cfg, batches=batches, loss_fn=pl.train.loss_fn)
-    elif m in ("full", "head", "bitfit"):
-        pl.full.apply(model, pl.full.FullConfig(mode={"full": "all"}.get(m, m)))
-    else:
-        raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+
+def __getattr__(name: str):
+    if name == "LEARNING_RATES":             # {--method name: default lr}, from the registry
+        return {n: e.lr for n, (_, e) in entries().items()}
+    if name == "METHODS":
+        return names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,9 +17,10 @@ import signal
 import time
 from pathlib import Path
 
+from peftlab.commands import methods as registered
 from peftlab.commands import options as opt
 from peftlab.commands import runs
-from peftlab.commands.methods import LEARNING_RATES, METHODS, apply_method, describe
+from peftlab.commands.methods import apply_method, describe
 
 EXAMPLES = """examples:
   peftlab train --data reviews.csv --text-column review --label-column topic --out runs/topics
@@ -28,11 +29,16 @@ EXAMPLES = """examples:
   peftlab train --resume runs/topics        # continue an interrupted run (Ctrl-C, --stop-after)
 """
 
-# options that define a run (saved in run.json; --resume takes them from there)
-SETTINGS = ("data", "text_column", "label_column", "labels", "max_length", "base_model",
-            "method", "r", "alpha", "dropout", "targets", "target_r", "virtual_tokens",
-            "fraction", "epochs", "lr", "batch_size", "seed", "checkpoint_every", "out",
-            "overwrite", "precision")
+# options that define a run (saved in run.json; --resume takes them from there); the
+# methods' own options (--r, --virtual-tokens, ...) come from their specs (settings())
+COMMON = ("data", "text_column", "label_column", "labels", "max_length", "base_model",
+          "method", "epochs", "lr", "batch_size", "seed", "checkpoint_every", "out",
+          "overwrite", "precision")
+
+
+def settings() -> tuple[str, ...]:
+    """Every option that defines a run: the common ones and each method's (from its spec)."""
+    return COMMON + tuple(o.dest for o in registered.options().values())
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -60,22 +66,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     m.add_argument("--base-model", default=None, metavar="NAME_OR_PATH",
                    help="a transformers model folder or hub id (default: the embedded "
                         "all-MiniLM-L6-v2, offline)")
-    m.add_argument("--method", choices=METHODS, default="lora", help="default: lora")
-    m.add_argument("--r", type=opt.positive_int, default=8,
-                   help="LoRA rank / AdaLoRA starting rank (default 8)")
-    m.add_argument("--alpha", type=opt.positive_float, default=None,
-                   help="LoRA / AdaLoRA scale numerator (default 2 x r)")
-    m.add_argument("--dropout", type=opt.unit_float, default=0.0,
-                   help="dropout on the adapter input (default 0)")
-    m.add_argument("--targets", type=opt.name_list, default=None, metavar="A,B,...",
-                   help="modules to adapt: suffixes, re:<regex> or all-linear "
-                        "(default: query,value)")
-    m.add_argument("--target-r", type=opt.positive_int, default=None,
-                   help="AdaLoRA average final rank (default r / 2)")
-    m.add_argument("--virtual-tokens", type=opt.positive_int, default=10,
-                   help="prefix / prompt length (default 10)")
-    m.add_argument("--fraction", type=opt.unit_float, default=0.005,
-                   help="selection: share of the weights trained (default 0.005)")
+    m.add_argument("--method", choices=registered.names(), default="lora",
+                   help="default: lora")
+    for o in registered.options().values():           # each method's own, from its spec
+        m.add_argument(o.flag, type=getattr(opt, o.kind), default=o.default, help=o.help,
+                       **({"metavar": "A,B,..."} if o.kind == "name_list" else {}))
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=opt.positive_float, default=3.0, help="default 3")
     t.add_argument("--lr", type=opt.positive_float, default=None,
@@ -126,12 +121,12 @@ def _settings(args, parser) -> tuple[dict, bool]:
             opt.check_writable_folder(out)
         except ValueError as e:
             parser.error(str(e))
-        s = {k: getattr(args, k) for k in SETTINGS}
+        s = {k: getattr(args, k) for k in settings()}
         s["data"] = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
         s["out"] = str(out)
-        s["lr"] = args.lr or LEARNING_RATES[args.method]
+        s["lr"] = args.lr or registered.learning_rate(args.method)
         return s, False
-    given = [k for k in SETTINGS if k != "out" and getattr(args, k) != parser.get_default(k)]
+    given = [k for k in settings() if k != "out" and getattr(args, k) != parser.get_default(k)]
     if args.out is not None or given:
         names = ["--" + k.replace("_", "-") for k in (["out"] if args.out else []) + given]
         parser.error(f"argument --resume: the run keeps the settings it started with (in "

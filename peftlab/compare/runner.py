@@ -13,72 +13,27 @@ from __future__ import annotations
 import importlib
 import math
 import os
-import statistics
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import asdict, replace
 
 import torch
-import torch.nn.functional as F
 
 from peftlab import measure
+from peftlab.compare.evaluation import (  # noqa: F401  (predict: re-exported)
+    by_category,
+    by_length,
+    predict,
+    predict_by_length,
+)
 from peftlab.compare.methods import METHODS, TASKS, MethodSpec, Task, text_task, vision_task
 from peftlab.compare.report import Report, _ratios
+from peftlab.compare.seeds import aggregate, failed_row
 from peftlab.compare.timing import interleaved_step_times
 from peftlab.core.state import get_method
 
 # --- running one method ----------------------------------------------------------------------------
-
-@torch.no_grad()
-def predict(model, loader) -> tuple[list[int], list[int], float]:
-    """(predicted labels, true labels, mean loss) over a loader, in eval mode."""
-    from peftlab import train as tr
-    from peftlab.core.state import eval_mode
-    device = next(model.parameters()).device
-    preds, labels, loss = [], [], 0.0
-    with eval_mode(model):
-        for batch in loader:
-            logits, y = tr.forward(model, tr.to_device(batch, device))
-            loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
-            preds += logits.argmax(-1).tolist()
-            labels += y.tolist()
-    return preds, labels, loss / max(1, len(labels))
-
-
-def by_length(task, split):
-    """(the text split in order of token length, that order), or (split, None) for data that
-    is not text. Batches of similar length pad less: evaluation about 25% faster."""
-    if split is None or task.tokenizer is None or not hasattr(split, "token_lengths"):
-        return split, None
-    lengths = split.token_lengths(task.tokenizer)
-    order = sorted(range(len(split)), key=lengths.__getitem__)
-    return replace(split, texts=[split.texts[i] for i in order],
-                   labels=[split.labels[i] for i in order], _lengths={}), order
-
-
-def predict_by_length(model, task, split, seed: int):
-    """predict() over a split in order of token length, answers in the split's own order."""
-    by_len, order = by_length(task, split)
-    preds, labels, loss = predict(model, task.loader(by_len, 64, False, seed))
-    if order is None:
-        return preds, labels, loss
-    back = sorted(range(len(order)), key=order.__getitem__)    # position of example i
-    return [preds[k] for k in back], [labels[k] for k in back], loss
-
-
-def by_category(preds: list[int], labels: list[int], categories: list[str] | None) -> dict:
-    """{category: (accuracy, examples)} for the examples' categories ({} without them)."""
-    if not categories:
-        return {}
-    assert len(categories) == len(preds), "one category per test example"
-    out = {}
-    for c in dict.fromkeys(categories):
-        hits = [p == y for p, y, k in zip(preds, labels, categories) if k == c]
-        out[c] = (sum(hits) / len(hits), len(hits))
-    return out
-
 
 def run_method(spec: MethodSpec, task: Task, *, seed: int = 0, device=None,
                epochs: float | None = None, quick: bool = False, progress: bool = False,
@@ -168,10 +123,13 @@ def _run_isolated(task: str, method: str, seed: int, device, epochs, quick, prog
                       quick=quick, progress=progress, precision=precision)
 
 
-# imported once by the fork server, so each fresh process starts without importing them again
-PRELOAD = [__name__, "peftlab.train", "peftlab.models", "peftlab.full", "peftlab.lora",
-           "peftlab.prefix", "peftlab.selection", "peftlab.adalora",
-           "transformers.models.bert.modeling_bert"]
+def preload() -> list[str]:
+    """What the fork server imports once, so each fresh process starts without importing it
+    again: this module, training, the models, every registered method's package."""
+    from peftlab.core import registry
+    return [__name__, "peftlab.train", "peftlab.models",
+            *(s.module for s in registry.specs().values()),
+            "transformers.models.bert.modeling_bert"]
 
 
 def _process_pool():
@@ -182,57 +140,10 @@ def _process_pool():
     from concurrent.futures import ProcessPoolExecutor
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(PRELOAD)
+        ctx.set_forkserver_preload(preload())
     else:
         ctx = mp.get_context("spawn")
     return ProcessPoolExecutor(max_workers=1, mp_context=ctx, max_tasks_per_child=1)
-
-
-def _failed(name: str, spec: MethodSpec, e: BaseException) -> dict:
-    tb = "".join(traceback.format_exception(e))
-    cause = getattr(e, "__cause__", None)          # the worker's traceback, when isolated
-    return {"method": name, "status": "failed", "description": spec.description,
-            "note": f"{type(e).__name__}: {e}", "traceback": (str(cause) if cause else "") + tb}
-
-
-# --- several seeds: one row -------------------------------------------------------------------
-
-MEAN_KEYS = ("test_accuracy", "val_accuracy", "test_loss", "final_train_loss", "step_time_s",
-             "setup_s", "train_time_s", "infer_s", "infer_merged_s")
-
-
-def _mean(values):
-    values = [v for v in values if v is not None]
-    return statistics.fmean(values) if values else None
-
-
-def _std(values):
-    values = [v for v in values if v is not None]
-    return statistics.stdev(values) if len(values) > 1 else None
-
-
-def aggregate(runs: list[dict], seeds: list[int]) -> dict:
-    """One row from the runs of one method over seeds: means of accuracies, losses and times,
-    sample standard deviations of the accuracies (None for one seed), the largest measured
-    peak, and the exact counts (the same for every seed)."""
-    bad = next((r for r in runs if r["status"] != "ok"), None)
-    if bad is not None:
-        return bad
-    row = dict(runs[0])
-    for k in MEAN_KEYS:
-        row[k] = _mean([r.get(k) for r in runs])
-    row["test_accuracy_std"] = _std([r["test_accuracy"] for r in runs])
-    row["val_accuracy_std"] = _std([r.get("val_accuracy") for r in runs])
-    peaks = [r["measured_peak_bytes"] for r in runs if r.get("measured_peak_bytes") is not None]
-    row["measured_peak_bytes"] = max(peaks) if peaks else None
-    row["seeds"] = ";".join(map(str, seeds))
-    row["test_accuracy_runs"] = ";".join(f"{r['test_accuracy']:.4f}" for r in runs)
-    cats = runs[0].get("categories") or {}
-    row["category_accuracy"] = {c: _mean([r["categories"][c][0] for r in runs]) for c in cats}
-    row["category_accuracy_std"] = {c: _std([r["categories"][c][0] for r in runs]) for c in cats}
-    row["category_n"] = {c: n for c, (_, n) in cats.items()}
-    row.pop("categories", None)
-    return row
 
 
 # --- the whole comparison ---------------------------------------------------------------------
@@ -296,7 +207,7 @@ def run(methods: list[str] | None = None, *, task: str = "text", seed: int = 0, 
                                                epochs=epochs, quick=quick, progress=progress,
                                                precision=precision))
                 except Exception as e:  # noqa: BLE001  (report it, run the others)
-                    runs.append(_failed(name, specs[name], e))
+                    runs.append(failed_row(name, specs[name], e))
                     if pool is not None and type(e).__name__ == "BrokenProcessPool":
                         pool.shutdown()          # the worker died (e.g. killed for memory)
                         pool = _process_pool()

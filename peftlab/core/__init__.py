@@ -9,9 +9,12 @@
     batches.py    what a batch is; forward and the default loss
     per_example.py  per-example squared gradients from one batched backward pass (FISH's Fisher)
     hf.py         transformers helpers (attention implementation switching)
-    registry.py   method name -> package; pl.after_step / pl.regularization
+    methodspec.py what a method package declares once (its spec.py): MethodSpec, ...
+    registry.py   the specs found (in-tree scan, entry points); pl.after_step / regularization
+    adapt.py      the one apply skeleton and the one heads rule every method uses
 """
 
+from peftlab.core import registry
 from peftlab.core.errors import AdapterError, AlreadyAdaptedError, TargetError
 from peftlab.core.heads import default_heads, head_names, is_head
 from peftlab.core.layers import AdapterLayer
@@ -27,6 +30,6 @@ from peftlab.core.state import (
 )
 from peftlab.core.targets import find_targets
 
-__all__ = ["AdapterError", "AdapterLayer", "AlreadyAdaptedError", "MethodState", "TargetError",
+__all__ = ["registry", "AdapterError", "AdapterLayer", "AlreadyAdaptedError", "MethodState", "TargetError",
            "default_heads", "ensure_plain", "eval_mode", "find_targets", "get_config",
            "get_method", "get_targets", "head_names", "is_head", "mark", "unmark"]

@@ -36,15 +36,17 @@ class MethodState:
     the modules it adapted. hooks: the forward hooks it registered (RemovableHandles, removed
     on unload). originals: {parameter name: CPU copy taken at apply} of base weights trained
     in place (modules_to_save), restored by unload(merge=False); not part of the adapter.
+    digests: {parameter name: digest of its bytes at apply} of base weights trained in place
+    with no copy kept (full fine-tuning without keep_base), so that unload(merge=False) can
+    tell whether the base is still there (see digest()).
     """
 
-    method: str                   # "lora", "adalora", "prefix", "prompt", "selection", "full"
-    config: Any                   # the method's config dataclass (modules_to_save resolved)
-    targets: list[str] = field(default_factory=list)   # resolved module names it adapted
-    hooks: list = field(default_factory=list)           # RemovableHandles, removed on unload
-    # {parameter name: CPU copy taken at apply} of base weights trained in place
-    # (modules_to_save), restored by unload(merge=False); not part of the adapter
+    method: str
+    config: Any
+    targets: list[str] = field(default_factory=list)
+    hooks: list = field(default_factory=list)
     originals: dict = field(default_factory=dict)
+    digests: dict = field(default_factory=dict)
 
     def remove_hooks(self) -> None:
         for handle in self.hooks:
@@ -87,18 +89,30 @@ def ensure_plain(model: nn.Module, method: str) -> None:
 
 
 def mark(model: nn.Module, method: str, config, targets: list[str] | None = None,
-         hooks: list | None = None, originals: dict | None = None) -> MethodState:
+         hooks: list | None = None, originals: dict | None = None,
+         digests: dict | None = None) -> MethodState:
     """Record on the model which method it carries, with its config and resolved targets.
-    Marking again (e.g. after prefix.fold) keeps the hooks and originals already recorded."""
+    Marking again (e.g. after prefix.fold) keeps the hooks, originals and digests already
+    recorded."""
     old = method_state(model)
     same = old is not None and old.method == method
     kept = list(old.hooks) if same else []
     if originals is None:
         originals = dict(old.originals) if same else {}
+    if digests is None:
+        digests = dict(old.digests) if same else {}
     state = MethodState(method, config, list(targets or []), kept + list(hooks or []),
-                        dict(originals))
+                        dict(originals), dict(digests))
     setattr(model, STATE_ATTR, state)
     return state
+
+
+def digest(t: torch.Tensor) -> str:
+    """A digest of a tensor's exact bytes (blake2b): equal digests mean bit-identical values."""
+    import hashlib
+    raw = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+    h = hashlib.blake2b(raw.tobytes(), digest_size=16).hexdigest()
+    return f"{t.dtype}:{tuple(t.shape)}:{h}"
 
 
 def snapshot(model: nn.Module, modules) -> dict:

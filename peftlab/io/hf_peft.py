@@ -10,7 +10,7 @@ implements, in its own module:
     to_hf_peft(model) -> (hf_config: dict, tensors: {hf key: tensor})
     from_hf_peft(hf_config, tensors) -> (peftlab method name, config, {our key: tensor})
 
-and HF's `peft_type` names the module (PEFT_TYPES below). Key layout, as peft writes it
+and HF's `peft_type` names the method (each method's spec.py: MethodSpec.hf_peft_type). Key layout, as peft writes it
 (peft/utils/save_and_load.py, get_peft_model_state_dict): the model's own parameter name,
 prefixed "base_model.model." for tuners that wrap layers (LoRA, AdaLoRA), with the adapter
 name ("default") removed, e.g.
@@ -29,16 +29,21 @@ import torch
 from torch import nn
 
 from peftlab.core.errors import AdapterError
+from peftlab.core import registry
 from peftlab.core.registry import method_module
 from peftlab.core.state import get_method
 
-# HF peft_type -> peftlab method module name (see registry.METHODS)
-PEFT_TYPES = {
-    "LORA": "lora",
-    "ADALORA": "adalora",
-    "PREFIX_TUNING": "prefix",
-    "PROMPT_TUNING": "prompt",
-}
+
+def peft_types() -> dict[str, str]:
+    """{HF peft_type: peftlab method name} of every registered method with a counterpart."""
+    return {s.hf_peft_type: s.name for s in registry.specs().values() if s.hf_peft_type}
+
+
+def __getattr__(name: str):
+    if name == "PEFT_TYPES":                 # the table, derived from the registry
+        return peft_types()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 PREFIX = "base_model.model."
 
@@ -56,7 +61,7 @@ def export(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
     if fn is None:
         raise _error(f"peftlab's {method!r} method has no Hugging Face PEFT counterpart; save "
                      f"it with format='peftlab'. Methods that export: "
-                     f"{', '.join(sorted(set(PEFT_TYPES.values())))}.")
+                     f"{', '.join(sorted(peft_types().values()))}.")
     return fn(model)
 
 
@@ -65,10 +70,11 @@ def import_(hf_cfg: dict, tensors: dict[str, torch.Tensor]):
     if not isinstance(hf_cfg, dict):
         raise _error("adapter_config.json must hold a JSON object.")
     peft_type = str(hf_cfg.get("peft_type", "")).upper()
-    if peft_type not in PEFT_TYPES:
+    types = peft_types()
+    if peft_type not in types:
         raise _error(f"adapter_config.json has peft_type {hf_cfg.get('peft_type')!r}; peftlab "
-                     f"reads {', '.join(PEFT_TYPES)}.")
-    module = method_module(PEFT_TYPES[peft_type])
+                     f"reads {', '.join(types)}.")
+    module = method_module(types[peft_type])
     fn = getattr(module, "from_hf_peft", None)
     if fn is None:
         raise _error(f"{module.__name__} cannot read Hugging Face {peft_type} adapters yet.")

@@ -6,7 +6,7 @@
     named.py    several named adapters on one base, mixed-adapter batches
 
     cfg = pl.lora.LoraConfig(r=8, alpha=16, targets=["query", "value"])
-    pl.lora.apply(model, cfg); pl.lora.merge(model); pl.lora.unmerge(model); pl.lora.unload(model)
+    pl.lora.apply(model, cfg); pl.lora.merge(model); pl.lora.unmerge(model); pl.lora.unload(model, merge=True)
 """
 
 from peftlab.lora.format import (

@@ -13,8 +13,8 @@ scale * B @ A into W for zero-overhead inference, unmerge() takes it out again.
     pl.lora.apply(model, cfg)          # wraps the targets, freezes the rest (the head trains)
     pl.lora.merge(model)               # W <- W + scale * B @ A   (merge twice: no-op)
     pl.lora.unmerge(model)             # W <- W - scale * B @ A
-    pl.lora.unload(model)              # merged, plain model: the wrappers are gone
-    pl.lora.unload(model, merge=False) # the base model back, bit for bit (heads included)
+    pl.lora.unload(model, merge=True)  # merged, plain model: the wrappers are gone
+    pl.lora.unload(model)              # the base model back, bit for bit (heads included)
 
 Tied weights (LoRA on GPT-2's wte, whose matrix lm_head also reads): merge() gives the
 merged layer its own copy W + scale * B @ A and leaves the shared W to the other module, so
@@ -29,24 +29,17 @@ conversion are in peftlab/lora/format.py.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from peftlab.core.adapt import Plan, adapt, heads_for
 from peftlab.core.errors import TargetError
-from peftlab.core.heads import default_heads
 from peftlab.core.layers import tied_parameter_ids
-from peftlab.core.state import ensure_plain, mark, restore, snapshot, unmark
-from peftlab.core.targets import (
-    find_targets,
-    freeze,
-    replace_module,
-    resolve_modules_to_save,
-    unfreeze_modules,
-)
+from peftlab.core.state import restore, unmark
+from peftlab.core.targets import find_targets, replace_module
 from peftlab.lora.lora import (
     SUPPORTED,
     LoraConv2d,
@@ -70,24 +63,19 @@ class LoraConfig:
         "re:<regex>", module types, or "all-linear".
     modules_to_save: whole modules trained as usual (and saved with the adapter), e.g.
         ["classifier"]; None = the model's classification head if it has one (never tied LM
-        output embeddings).
+        output embeddings); [] = none (the one heads rule, peftlab/core/adapt.py).
     rslora: scale = alpha / sqrt(r) instead: keeps updates from fading at high r.
     rank_pattern / alpha_pattern: per-module rank / alpha, {name or name suffix: value} (as
         HF PEFT's); modules not listed use r / alpha. AdaLoRA's to_lora writes these.
     """
 
     method = "lora"
-    r: int = 8                     # rank of the update: trainable numbers per layer = r*(d_in+d_out)
-    alpha: float = 16.0            # the update is scaled by alpha / r, so changing r keeps its size
-    dropout: float = 0.0           # dropout on the adapter's input only (regularises A and B)
-    # which modules get an adapter: suffixes ("query"), full names, "re:<regex>", "all-linear"
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
     targets: list[str] = field(default_factory=lambda: ["query", "value"])
-    # whole modules trained as usual (and saved with the adapter), e.g. ["classifier"];
-    # None = the model's classification head if it has one (never tied LM output embeddings)
     modules_to_save: list[str] | None = None
-    rslora: bool = False           # scale = alpha / sqrt(r): keeps updates from fading at high r
-    # per-module rank / alpha, {name or name suffix: value} (as HF PEFT's rank_pattern and
-    # alpha_pattern); modules not listed use r / alpha. AdaLoRA's to_lora writes these.
+    rslora: bool = False
     rank_pattern: dict = field(default_factory=dict)
     alpha_pattern: dict = field(default_factory=dict)
 
@@ -163,9 +151,7 @@ def plan(model: nn.Module, config: LoraConfig) -> tuple[list[tuple[str, nn.Modul
         raise TargetError(f"rank_pattern / alpha_pattern key {unused[0]!r} matches no LoRA "
                           f"target; the targets are {', '.join(names[:6])}"
                           f"{' ...' if len(names) > 6 else ''}.")
-    heads = resolve_modules_to_save(model, names, config.modules_to_save, default_heads(model),
-                                    "a LoRA")
-    return rows, heads
+    return rows, heads_for(model, config.modules_to_save, names, "a LoRA")
 
 
 def count_parameters(model: nn.Module, config: LoraConfig,
@@ -196,22 +182,23 @@ def _wrap(name: str, module: nn.Module, config: LoraConfig) -> LoraLayer:
 def apply(model: nn.Module, config: LoraConfig | None = None) -> nn.Module:
     """Wrap every target in a LoRA layer, freeze the base, train adapters + modules_to_save.
 
-    In place; returns the model. A bad config raises before anything changes.
+    In place; returns the model. A bad config raises before anything changes (the skeleton
+    in peftlab/core/adapt.py: plan, then attach).
     """
     config = config or LoraConfig()
     if not isinstance(config, LoraConfig):
         raise TypeError(f"pl.lora.apply needs a LoraConfig, got {type(config).__name__}.")
-    ensure_plain(model, "lora")
-    rows, heads = plan(model, config)
-    layers = {name: _wrap(name, module, config) for name, module, _ in rows}  # model untouched
-    originals = snapshot(model, heads)
-    freeze(model)
-    for name, layer in layers.items():
-        replace_module(model, name, layer)
-    unfreeze_modules(model, heads)
-    mark(model, "lora", dataclasses.replace(config, modules_to_save=heads), list(layers),
-         originals=originals)
-    return model
+
+    def _plan() -> Plan:
+        rows, heads = plan(model, config)
+        layers = {name: _wrap(name, module, config) for name, module, _ in rows}  # model untouched
+        return Plan(list(layers), heads, parts=layers)
+
+    def _attach(p: Plan) -> None:
+        for name, layer in p.parts.items():
+            replace_module(model, name, layer)
+
+    return adapt(model, "lora", config, _plan, _attach)
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoraLayer]:
@@ -238,7 +225,7 @@ def merge(model: nn.Module, unload: bool = False) -> nn.Module:
     tied = tied_parameter_ids(model)
     for layer in layers.values():
         layer.merge(untie=id(layer.base_layer.weight) in tied)
-    return _unload(model) if unload else model
+    return _unload(model, merge=True) if unload else model
 
 
 def unmerge(model: nn.Module) -> nn.Module:
@@ -248,13 +235,14 @@ def unmerge(model: nn.Module) -> nn.Module:
     return model
 
 
-def unload(model: nn.Module, merge: bool = True) -> nn.Module:
+def unload(model: nn.Module, merge: bool = False) -> nn.Module:
     """Replace each LoRA layer by its base layer; returns a plain model.
 
+    merge=False (the default, as for every method) throws the adapter away and puts back the
+    modules_to_save weights recorded at apply: the base model, bit for bit (unmerging a
+    merged layer subtracts the update again, equal to the base up to float rounding).
     merge=True bakes the update in (modules_to_save keep what they learned): the fine-tuned
-    model. merge=False throws the adapter away and puts back the modules_to_save weights
-    recorded at apply: the base model, bit for bit (unmerging a merged layer subtracts the
-    update again, equal to the base up to float rounding)."""
+    model."""
     layers = _layers_or_raise(model, "unload")
     bank = model._modules.pop("peftlab_heads", None)     # heads of named adapters (named.py)
     if merge and bank is not None and bank.active in bank.banks:   # keep the active one's

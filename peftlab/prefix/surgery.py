@@ -31,20 +31,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from peftlab.core.heads import default_heads
+from peftlab.core.adapt import Plan, adapt, heads_for
 from peftlab.core.hf import attn_implementation, check_num_virtual_tokens
 from peftlab.core.layers import adapter_dtype
-from peftlab.core.state import (
-    ensure_plain,
-    eval_mode,
-    get_config,
-    get_method,
-    mark,
-    restore,
-    snapshot,
-    unmark,
-)
-from peftlab.core.targets import find_targets, freeze, unfreeze_modules
+from peftlab.core.registry import cannot_merge
+from peftlab.core.state import eval_mode, get_config, get_method, mark, restore, unmark
 from peftlab.prefix.prefix import PrefixEncoder
 from peftlab.prefix.wiring import (
     ATTN_PREFIX,
@@ -71,19 +62,17 @@ class PrefixConfig:
     init_text: words whose activations start the prefix (cycled to P).
     init_std: std of the "normal" init (HF PEFT's nn.Embedding default, 1.0).
     modules_to_save: extra modules to train; None: the classifier head ("classifier" /
-        "score") when the model has a fresh one, nothing for LM heads.
+        "score") when the model has a fresh one, nothing for LM heads; []: none (the one
+        heads rule, peftlab/core/adapt.py).
     """
 
     method = "prefix"
-    num_virtual_tokens: int = 10     # P: prefix length per layer; more = more capacity and compute
-    projection_hidden: int | None = None  # None: train the prefixes directly; int: train them
-    # through embedding (P, hidden) -> Linear -> tanh -> Linear (the paper's stabilising MLP)
-    init: str = "normal"             # "normal": N(0, init_std) (as HF PEFT); "text": the keys and
-    # values the frozen model computes for init_text (needs apply(..., tokenizer=))
-    init_text: str | None = None     # words whose activations start the prefix (cycled to P)
-    init_std: float = 1.0            # std of the "normal" init (HF PEFT's nn.Embedding default)
-    modules_to_save: list[str] | None = None  # extra modules to train; None: the classifier
-    # head ("classifier"/"score") when the model has a fresh one, nothing for LM heads
+    num_virtual_tokens: int = 10
+    projection_hidden: int | None = None
+    init: str = "normal"
+    init_text: str | None = None
+    init_std: float = 1.0
+    modules_to_save: list[str] | None = None
 
     def __post_init__(self):
         check_num_virtual_tokens(self.num_virtual_tokens, "PrefixConfig")
@@ -102,11 +91,6 @@ class PrefixConfig:
 
 # --- apply / fold / save --------------------------------------------------------------------
 
-def _heads(model: nn.Module, names: list[str] | None) -> list[str]:
-    """modules_to_save: the given names, or the model's task head (never an LM head)."""
-    return list(names) if names is not None else default_heads(model)
-
-
 def apply(model: nn.Module, config: PrefixConfig | PromptConfig | None = None, tokenizer=None):
     """Freeze `model` and give each self-attention layer a trainable prefix; returns the model.
 
@@ -117,37 +101,39 @@ def apply(model: nn.Module, config: PrefixConfig | PromptConfig | None = None, t
     if not isinstance(config, PrefixConfig):
         raise TypeError(f"pl.prefix.apply takes a PrefixConfig or PromptConfig, got "
                         f"{type(config).__name__}.")
-    ensure_plain(model, "prefix")
-    calls = probe(model)                                        # validates; changes nothing
-    heads = _heads(model, config.modules_to_save)
-    if heads:
-        find_targets(model, heads, method="modules_to_save")
-    if config.init == "text" and tokenizer is None:
-        raise ValueError("PrefixConfig(init='text') needs the tokenizer: "
-                         "pl.prefix.apply(model, config, tokenizer=tokenizer).")
-    if hasattr(model, "prefix_encoder"):
-        raise ValueError(f"{type(model).__name__} already has an attribute 'prefix_encoder'.")
-    _, Hkv, _, D = calls[0][1]
-    p = next(model.parameters())
-    encoder = PrefixEncoder(len(calls), Hkv, config.num_virtual_tokens, D,
-                            config.projection_hidden, config.init_std).to(p.device,
-                                                                          adapter_dtype(p))
-    if config.init == "text":
-        with torch.no_grad():
-            kv = text_activations(model, tokenizer, config.init_text, config.num_virtual_tokens)
-            encoder.key.copy_(kv[:, 0])
-            encoder.value.copy_(kv[:, 1])
-    originals = snapshot(model, heads)
-    register(model)
-    freeze(model)
-    model.add_module("prefix_encoder", encoder)
-    for i, (module, _) in enumerate(calls):
-        module.peftlab_prefix = PrefixSlot(encoder, i)
-    model.config._attn_implementation_internal = ATTN_PREFIX + model.config._attn_implementation
-    unfreeze_modules(model, heads)
-    hook = model.register_forward_pre_hook(ensure_registered, with_kwargs=True)
-    mark(model, "prefix", config, heads, hooks=[hook], originals=originals)
-    return model
+
+    def plan() -> Plan:
+        calls = probe(model)                                    # validates; changes nothing
+        heads = heads_for(model, config.modules_to_save, label="a prefix")
+        if config.init == "text" and tokenizer is None:
+            raise ValueError("PrefixConfig(init='text') needs the tokenizer: "
+                             "pl.prefix.apply(model, config, tokenizer=tokenizer).")
+        if hasattr(model, "prefix_encoder"):
+            raise ValueError(f"{type(model).__name__} already has an attribute "
+                             f"'prefix_encoder'.")
+        _, Hkv, _, D = calls[0][1]
+        p = next(model.parameters())
+        encoder = PrefixEncoder(len(calls), Hkv, config.num_virtual_tokens, D,
+                                config.projection_hidden, config.init_std).to(p.device,
+                                                                              adapter_dtype(p))
+        if config.init == "text":
+            with torch.no_grad():
+                kv = text_activations(model, tokenizer, config.init_text,
+                                      config.num_virtual_tokens)
+                encoder.key.copy_(kv[:, 0])
+                encoder.value.copy_(kv[:, 1])
+        return Plan(heads, heads, parts=(encoder, calls))
+
+    def attach(p: Plan) -> list:
+        encoder, calls = p.parts
+        register(model)
+        model.add_module("prefix_encoder", encoder)
+        for i, (module, _) in enumerate(calls):
+            module.peftlab_prefix = PrefixSlot(encoder, i)
+        model.config._attn_implementation_internal = ATTN_PREFIX + model.config._attn_implementation
+        return [model.register_forward_pre_hook(ensure_registered, with_kwargs=True)]
+
+    return adapt(model, "prefix", config, plan, attach)
 
 
 def fold(model: nn.Module) -> nn.Module:
@@ -169,8 +155,9 @@ def fold(model: nn.Module) -> nn.Module:
         slot = getattr(m, "peftlab_prefix", None)
         if isinstance(slot, PrefixSlot):
             m.peftlab_prefix = PrefixSlot(plain, slot.layer)
-    mark(model, "prefix", dataclasses.replace(get_config(model), projection_hidden=None),
-         _heads(model, get_config(model).modules_to_save))
+    cfg = get_config(model)
+    mark(model, "prefix", dataclasses.replace(cfg, projection_hidden=None),
+         list(cfg.modules_to_save))
     return model
 
 
@@ -203,14 +190,19 @@ def attention_to_prefix(model: nn.Module, tokenizer, text: str) -> dict:
             "num_virtual_tokens": P}
 
 
-def unload(model: nn.Module) -> nn.Module:
+def unload(model: nn.Module, merge: bool = False) -> nn.Module:
     """Take the prefix out: the encoder, the attention modules' slots and the hook go, the
     attention implementation comes back, and the modules_to_save weights recorded at apply
-    are put back: the plain base model, bit for bit. Returns the model."""
+    are put back: the plain base model, bit for bit. Returns the model.
+
+    merge=True is refused (raised before anything changes): a prefix is extra keys and
+    values, not a weight update, so there is nothing to fold into the weights."""
     if get_method(model) == "prompt":
-        return prompt.unload(model)
+        return prompt.unload(model, merge=merge)
     if get_method(model) != "prefix":
         raise ValueError("unload() needs a model carrying a prefix adapter (pl.prefix.apply).")
+    if merge:
+        raise ValueError(cannot_merge("prefix"))
     for m in model.modules():
         if isinstance(getattr(m, "peftlab_prefix", None), PrefixSlot):
             del m.peftlab_prefix

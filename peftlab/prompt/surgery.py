@@ -29,19 +29,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from peftlab.core.heads import default_heads
+from peftlab.core.adapt import Plan, adapt, heads_for
 from peftlab.core.hf import attn_implementation, check_num_virtual_tokens, check_supported
 from peftlab.core.layers import adapter_dtype
-from peftlab.core.state import (
-    ensure_plain,
-    eval_mode,
-    get_method,
-    mark,
-    restore,
-    snapshot,
-    unmark,
-)
-from peftlab.core.targets import find_targets, freeze, unfreeze_modules
+from peftlab.core.registry import cannot_merge
+from peftlab.core.state import eval_mode, get_method, restore, unmark
 from peftlab.prompt.hooks import after_embedding, after_model, before_model
 from peftlab.prompt.prompt import PromptEmbedding
 
@@ -58,19 +50,17 @@ class PromptConfig:
     position: "auto": after the first token for encoders (keeps [CLS] first for the
         pooler), at the start for decoders; or "start" / "after_first" explicitly.
     seed: seeds the "vocab" / "normal" init (same seed, same prompt).
-    modules_to_save: extra modules to train; None: the classifier head.
+    modules_to_save: extra modules to train; None: the classifier head; []: none (the one
+        heads rule, peftlab/core/adapt.py).
     """
 
     method = "prompt"
-    num_virtual_tokens: int = 10     # P: prompt length; Lester et al. find 20-100 best on T5
-    init: str = "vocab"              # "vocab": embeddings of P distinct tokens drawn from the
-    # 5,000 most frequent words (Lester et al.; see vocab_candidates, pass tokenizer=);
-    # "text": embeddings of init_text's tokens (cycled to P); "normal": N(0, 1) (HF "RANDOM")
-    init_text: str | None = None     # e.g. "Classify the sentiment:" (needs apply(..., tokenizer=))
-    position: str = "auto"           # "auto": after the first token for encoders (keeps [CLS]
-    # first for the pooler), at the start for decoders; or "start" / "after_first" explicitly
-    seed: int = 0                    # seeds the "vocab"/"normal" init (same seed, same prompt)
-    modules_to_save: list[str] | None = None  # extra modules to train; None: the classifier head
+    num_virtual_tokens: int = 10
+    init: str = "vocab"
+    init_text: str | None = None
+    position: str = "auto"
+    seed: int = 0
+    modules_to_save: list[str] | None = None
 
     def __post_init__(self):
         check_num_virtual_tokens(self.num_virtual_tokens, "PromptConfig")
@@ -156,40 +146,47 @@ def _init_weight(model, config: PromptConfig, tokenizer) -> torch.Tensor:
 
 def apply(model: nn.Module, config: PromptConfig, tokenizer=None) -> nn.Module:
     """Freeze `model` and prepend a trainable prompt to its inputs; returns the model."""
-    ensure_plain(model, "prompt")
-    check_supported(model, "prompt tuning")
-    if hasattr(model, "prompt_encoder"):
-        raise ValueError(f"{type(model).__name__} already has an attribute 'prompt_encoder'.")
-    heads = default_heads(model) if config.modules_to_save is None \
-        else list(config.modules_to_save)
-    if heads:
-        find_targets(model, heads, method="modules_to_save")
-    weight = _init_weight(model, config, tokenizer)                # validates init_text
-    causal = _is_causal(model)
-    position = config.position if config.position != "auto" else \
-        ("start" if causal else "after_first")
-    pad = getattr(model.config, "pad_token_id", None)
-    placeholder = 1 if pad == 0 else 0
-    pe = PromptEmbedding(weight.to(adapter_dtype(weight)), 0 if position == "start" else 1,
-                         placeholder, causal)
-    originals = snapshot(model, heads)
-    freeze(model)
-    model.add_module("prompt_encoder", pe)
-    emb = model.get_input_embeddings()
-    hooks = [model.register_forward_pre_hook(functools.partial(before_model, pe), with_kwargs=True),
-             emb.register_forward_hook(functools.partial(after_embedding, pe)),
-             model.register_forward_hook(functools.partial(after_model, pe), with_kwargs=True)]
-    unfreeze_modules(model, heads)
-    mark(model, "prompt", config, heads, hooks=hooks, originals=originals)
-    return model
+
+    def plan() -> Plan:
+        check_supported(model, "prompt tuning")
+        if hasattr(model, "prompt_encoder"):
+            raise ValueError(f"{type(model).__name__} already has an attribute "
+                             f"'prompt_encoder'.")
+        heads = heads_for(model, config.modules_to_save, label="a prompt")
+        weight = _init_weight(model, config, tokenizer)            # validates init_text
+        causal = _is_causal(model)
+        position = config.position if config.position != "auto" else \
+            ("start" if causal else "after_first")
+        pad = getattr(model.config, "pad_token_id", None)
+        placeholder = 1 if pad == 0 else 0
+        pe = PromptEmbedding(weight.to(adapter_dtype(weight)), 0 if position == "start" else 1,
+                             placeholder, causal)
+        return Plan(heads, heads, parts=pe)
+
+    def attach(p: Plan) -> list:
+        pe = p.parts
+        model.add_module("prompt_encoder", pe)
+        emb = model.get_input_embeddings()
+        return [model.register_forward_pre_hook(functools.partial(before_model, pe),
+                                                with_kwargs=True),
+                emb.register_forward_hook(functools.partial(after_embedding, pe)),
+                model.register_forward_hook(functools.partial(after_model, pe),
+                                            with_kwargs=True)]
+
+    return adapt(model, "prompt", config, plan, attach)
 
 
-def unload(model: nn.Module) -> nn.Module:
+def unload(model: nn.Module, merge: bool = False) -> nn.Module:
     """Take the prompt out: its hooks and the prompt_encoder go, and the modules_to_save
-    weights recorded at apply come back: the base model, bit for bit. Returns the model."""
+    weights recorded at apply come back: the base model, bit for bit. Returns the model.
+
+    merge=True is refused (raised before anything changes): a prompt is extra input tokens,
+    not a weight update, so there is nothing to fold into the weights."""
     if get_method(model) != "prompt":
         raise ValueError("unload() needs a model carrying a prompt (pl.prefix.apply with a "
                          "PromptConfig).")
+    if merge:
+        raise ValueError(cannot_merge("prompt"))
     restore(model)
     unmark(model)                          # removes the three hooks
     del model.prompt_encoder

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from peftlab.core.errors import AdapterError
-from peftlab.core.state import ensure_plain, mark
+from peftlab.core.adapt import Plan, adapt, heads_for
 from peftlab.io.files import check_state
 from peftlab.selection.surgery import SelectionConfig, _dense_names, _install, sparse_layers
 
@@ -46,36 +46,42 @@ def _parse(tensors: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
 def prepare_load(model: nn.Module, config: SelectionConfig, tensors: dict[str, torch.Tensor]):
     """Rebuild the saved selection on a plain base model from the adapter's indices (no batches).
     Checks every name, shape and index first; raises ValueError naming the culprit."""
-    ensure_plain(model, "selection")
-    params = dict(model.named_parameters())
-    sparse, dense = _parse(tensors)
-    for base, have in sparse.items():
-        if have != set(SUFFIXES):
-            raise AdapterError(f"{base}: the adapter holds {sorted(have)}, needs all of {SUFFIXES}.")
-        if base not in params:
-            raise AdapterError(f"The adapter selects entries of {base}, which this model lacks: "
-                               f"load it onto the base model it was trained on.")
-        shape = tuple(int(s) for s in tensors[base + ".sparse_shape"].tolist())
-        if shape != tuple(params[base].shape):
-            raise AdapterError(f"{base}: shape {shape} in the adapter, "
-                               f"{tuple(params[base].shape)} in the model (another base model?).")
-        idx = tensors[base + ".sparse_indices"]
-        if idx.numel() != tensors[base + ".sparse_values"].numel() or idx.numel() == 0 or \
-                int(idx.min()) < 0 or int(idx.max()) >= params[base].numel():
-            raise AdapterError(f"{base}: indices do not fit a tensor of shape {shape}.")
-    for n in dense:
-        if n not in params or tuple(params[n].shape) != tuple(tensors[n].shape):
-            where = "missing from" if n not in params else "of another shape in"
-            raise AdapterError(f"{n} is {where} this model: load the adapter onto the base "
-                               f"model it was trained on.")
-    masks = {}
-    for base in sparse:
-        m = torch.zeros(params[base].numel(), dtype=torch.bool)
-        m[tensors[base + ".sparse_indices"].long()] = True
-        masks[base] = m.view(params[base].shape)
-    originals = _install(model, masks, dense)
-    mark(model, "selection", config, list(config.targets or []), originals=originals)
-    return model
+
+    def plan() -> Plan:
+        params = dict(model.named_parameters())
+        sparse, dense = _parse(tensors)
+        for base, have in sparse.items():
+            if have != set(SUFFIXES):
+                raise AdapterError(f"{base}: the adapter holds {sorted(have)}, needs all of "
+                                   f"{SUFFIXES}.")
+            if base not in params:
+                raise AdapterError(f"The adapter selects entries of {base}, which this model "
+                                   f"lacks: load it onto the base model it was trained on.")
+            shape = tuple(int(s) for s in tensors[base + ".sparse_shape"].tolist())
+            if shape != tuple(params[base].shape):
+                raise AdapterError(f"{base}: shape {shape} in the adapter, "
+                                   f"{tuple(params[base].shape)} in the model (another base "
+                                   f"model?).")
+            idx = tensors[base + ".sparse_indices"]
+            if idx.numel() != tensors[base + ".sparse_values"].numel() or idx.numel() == 0 or \
+                    int(idx.min()) < 0 or int(idx.max()) >= params[base].numel():
+                raise AdapterError(f"{base}: indices do not fit a tensor of shape {shape}.")
+        for n in dense:
+            if n not in params or tuple(params[n].shape) != tuple(tensors[n].shape):
+                where = "missing from" if n not in params else "of another shape in"
+                raise AdapterError(f"{n} is {where} this model: load the adapter onto the "
+                                   f"base model it was trained on.")
+        masks = {}
+        for base in sparse:
+            m = torch.zeros(params[base].numel(), dtype=torch.bool)
+            m[tensors[base + ".sparse_indices"].long()] = True
+            masks[base] = m.view(params[base].shape)
+        heads = [h for h in heads_for(model, config.modules_to_save, label="a selection")
+                 if all(f"{h}.{n}" in dense
+                        for n, _ in model.get_submodule(h).named_parameters())]
+        return Plan(list(config.targets or []), heads, keep=dense, parts=masks)
+
+    return adapt(model, "selection", config, plan, lambda p: _install(model, p.parts, p.keep))
 
 
 def load_adapter_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:

@@ -299,10 +299,10 @@ class LayerRow:
     fraction (a property): selected / total.
     """
 
-    layer: int | None   # transformer block index (the first ".N." in the name); None outside blocks
-    module: str         # module path inside the block ("attention.self.query"), or the full path
-    selected: int       # selected entries in this module's parameters
-    total: int          # all entries in this module's parameters
+    layer: int | None
+    module: str
+    selected: int
+    total: int
 
     @property
     def fraction(self) -> float:

@@ -34,9 +34,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from peftlab.core.heads import default_heads
+from peftlab.core.adapt import Plan, adapt, heads_for
 from peftlab.core.layers import adapter_dtype, is_conv1d
-from peftlab.core.state import ensure_plain, get_method, mark, restore, unmark
+from peftlab.core.state import get_method, restore, unmark
 from peftlab.core.targets import find_targets
 from peftlab.selection.selection import (
     GRANULARITIES,
@@ -67,17 +67,15 @@ class SelectionConfig:
     """
 
     method = "selection"
-    fraction: float | None = None   # budget as a share of ALL model parameters (None + no count: 0.005)
-    count: int | None = None        # or as an exact number of trainable entries (head included)
-    granularity: str = "global"     # "global" (FISH) | "row" (GPS, per output neuron) | "tensor"
-    score: str = "fisher"           # "fisher" (squared grads) | "grad" (|grad|) | "sensitivity" (|w*grad|)
-    targets: list[str] | None = None  # modules whose parameters may be chosen; None = all but the head
-    # modules trained fully (None = the detected output head, [] = none); they count toward
-    # the budget, the rest of it goes to the best-scored entries
+    fraction: float | None = None
+    count: int | None = None
+    granularity: str = "global"
+    score: str = "fisher"
+    targets: list[str] | None = None
     modules_to_save: list[str] | None = None
-    per_example: bool = True        # Fisher from per-example gradients (exact, slower) or per batch
-    max_batches: int | None = None  # use at most this many score batches (None = all given)
-    seed: int = 0                   # seeds dropout while scoring, so the masks are reproducible
+    per_example: bool = True
+    max_batches: int | None = None
+    seed: int = 0
 
     def __post_init__(self):
         if self.fraction is None and self.count is None:
@@ -102,13 +100,10 @@ def _is_conv1d_weight(model: nn.Module, name: str) -> bool:
     return attr == "weight" and is_conv1d(owner)
 
 
-def _install(model: nn.Module, masks: dict[str, torch.Tensor], dense: list[str]) -> dict:
-    """Freeze everything; make `dense` params trainable; attach a SparseDelta per partial mask.
-    Returns CPU copies of the dense params (trained in place), for unload()."""
+def _install(model: nn.Module, masks: dict[str, torch.Tensor], dense: list[str]) -> None:
+    """Make `dense` params trainable (the model is frozen already); attach a SparseDelta per
+    partial mask. Their originals were recorded by the skeleton, for unload()."""
     params = dict(model.named_parameters())
-    originals = {n: params[n].detach().to("cpu", copy=True) for n in dense}
-    for p in model.parameters():
-        p.requires_grad_(False)
     for n in dense:
         params[n].requires_grad_(True)
     all_names = list(model.named_parameters(remove_duplicate=False))
@@ -123,7 +118,6 @@ def _install(model: nn.Module, masks: dict[str, torch.Tensor], dense: list[str])
             owner.parametrizations[attr].original.requires_grad_(False)
             if attr == "weight" and has_fast_path(owner):   # Linear, Conv1D, Embedding
                 type(owner).forward = sparse_forward   # parametrize made this class for owner
-    return originals
 
 
 def sparse_layers(model: nn.Module) -> dict[str, SparseDelta]:
@@ -153,10 +147,19 @@ def apply(model: nn.Module, config: SelectionConfig | None = None, *, batches=No
     precomputed `scores` from compute_scores. Everything is validated before the model changes.
     """
     config = config or SelectionConfig()
-    ensure_plain(model, "selection")
-    heads = default_heads(model) if config.modules_to_save is None else list(config.modules_to_save)
-    if heads:
-        find_targets(model, heads, method="modules_to_save")
+
+    def plan() -> Plan:
+        heads = heads_for(model, config.modules_to_save, label="a selection")
+        return _plan(model, config, heads, batches, loss_fn, scores)
+
+    return adapt(model, "selection", config, plan, lambda p: _install(model, p.parts, p.keep))
+
+
+def _plan(model: nn.Module, config: SelectionConfig, heads: list[str], batches, loss_fn,
+          scores) -> Plan:
+    """Score (unless `scores` is given), check the budget, make the masks; changes nothing.
+    Plan.parts: {parameter: mask} of the partially selected tensors; Plan.keep: the tensors
+    that train densely (the heads' parameters, wholly selected tensors)."""
     head_params = candidate_names(model, heads) if heads else []
     total = sum(p.numel() for p in model.parameters())
     budget = resolve_count(total, config.fraction, config.count)
@@ -190,10 +193,8 @@ def apply(model: nn.Module, config: SelectionConfig | None = None, *, batches=No
     masks = {n: m.T.contiguous() if n in flip else m for n, m in masks.items()}
     full = [n for n, m in masks.items() if bool(m.all())]
     partial = {n: m for n, m in masks.items() if m.any() and not m.all()}
-    originals = _install(model, partial, head_params + full)
     resolved = find_targets(model, config.targets) if config.targets else []
-    mark(model, "selection", config, resolved, originals=originals)
-    return model
+    return Plan(resolved, heads, keep=head_params + full, parts=partial)
 
 
 def masks_of(model: nn.Module) -> dict[str, torch.Tensor]:
