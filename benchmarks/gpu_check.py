@@ -101,7 +101,7 @@ def apply(method: str, model, steps: int):
     elif method == "prefix":
         pl.prefix.apply(model, pl.prefix.PrefixConfig(num_virtual_tokens=4))
     elif method == "prompt":
-        pl.prefix.apply(model, pl.prefix.PromptConfig(num_virtual_tokens=4, init="normal"))
+        pl.prompt.apply(model, pl.prompt.PromptConfig(num_virtual_tokens=4, init="normal"))
     else:
         pl.full.apply(model, pl.full.FullConfig(mode=method.split("-")[1]))
     return model

@@ -130,7 +130,7 @@ def apply(method: str, model: nn.Module, arch: str) -> nn.Module:
     if method == "prefix":
         return pl.prefix.apply(model, pl.prefix.PrefixConfig(num_virtual_tokens=3))
     if method == "prompt":
-        return pl.prefix.apply(model, pl.prefix.PromptConfig(num_virtual_tokens=3, init="normal"))
+        return pl.prompt.apply(model, pl.prompt.PromptConfig(num_virtual_tokens=3, init="normal"))
     mode = method.split("-")[1]
     heads = ["ln_f"] if arch == "gpt2" and mode != "all" else None   # GPT-2's head is tied
     return pl.full.apply(model, pl.full.FullConfig(mode=mode, modules_to_save=heads))
@@ -167,7 +167,7 @@ def unload(method: str, model: nn.Module) -> nn.Module:
         return pl.adalora.unload(model, merge=False)
     if method == "selection":
         return pl.selection.unload(model)
-    return pl.prefix.unload(model)                       # prefix and prompt
+    return getattr(pl, method).unload(model)             # prefix and prompt
 
 
 MERGE = {"lora": (pl.lora.merge, pl.lora.unmerge),

@@ -130,11 +130,12 @@ def test_mean_pooling_classifier_takes_every_method(tiny_bert):
     ids = torch.tensor([[2, 5, 7, 9, 0], [2, 6, 8, 0, 0]])
     mask = (ids != 0).long()
     for config in (pl.prefix.PrefixConfig(num_virtual_tokens=3),
-                   pl.prefix.PromptConfig(num_virtual_tokens=3, init="normal"),
+                   pl.prompt.PromptConfig(num_virtual_tokens=3, init="normal"),
                    pl.lora.LoraConfig(r=2, targets=["all-linear"])):
         import copy
         m = copy.deepcopy(base)
-        apply = pl.lora.apply if isinstance(config, pl.lora.LoraConfig) else pl.prefix.apply
+        apply = pl.lora.apply if isinstance(config, pl.lora.LoraConfig) else \
+            getattr(pl, config.method).apply
         apply(m, config)
         out = m(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 1]))
         out.loss.backward()

@@ -32,6 +32,11 @@ def gpt2_cls():
     return GPT2ForSequenceClassification(cfg).eval()
 
 
+def apply(model, config, **kw):
+    """pl.prefix.apply or pl.prompt.apply, whichever package the config's method is."""
+    return getattr(pl, config.method).apply(model, config, **kw)
+
+
 def state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -57,7 +62,7 @@ def check_padding_invariance(model, token_level: bool):
 
 CONFIGS = [pl.prefix.PrefixConfig(num_virtual_tokens=P),
            pl.prefix.PrefixConfig(num_virtual_tokens=P, projection_hidden=16),
-           pl.prefix.PromptConfig(num_virtual_tokens=P, init="normal")]
+           pl.prompt.PromptConfig(num_virtual_tokens=P, init="normal")]
 IDS_CFG = ["prefix", "prefix-mlp", "prompt"]
 
 
@@ -67,7 +72,7 @@ IDS_CFG = ["prefix", "prefix-mlp", "prompt"]
 def test_padding_invariance_encoder_and_decoders(tiny_bert, config):
     for model, token_level in [(tiny_bert, False), (gpt2_lm(), True), (gpt2_cls(), False)]:
         base = copy.deepcopy(model)
-        pl.prefix.apply(model, copy.deepcopy(config))
+        apply(model, copy.deepcopy(config))
         check_padding_invariance(model, token_level)
         with torch.no_grad():  # the adapter does change the output
             assert not torch.allclose(model(input_ids=IDS[:1]).logits,
@@ -94,15 +99,15 @@ def test_trainable_counts(tiny_bert):
     assert pl.trainable_report(tiny_bert).trainable == L * 2 * P * H + head
     lm = pl.prefix.apply(gpt2_lm(), pl.prefix.PrefixConfig(num_virtual_tokens=P))
     assert pl.trainable_report(lm).trainable == L * 2 * P * H  # no head for a (tied) LM head
-    lm = pl.prefix.apply(gpt2_lm(), pl.prefix.PromptConfig(num_virtual_tokens=P))
+    lm = pl.prompt.apply(gpt2_lm(), pl.prompt.PromptConfig(num_virtual_tokens=P))
     assert pl.trainable_report(lm).trainable == P * H
-    cls = pl.prefix.apply(gpt2_cls(), pl.prefix.PromptConfig(num_virtual_tokens=P))
+    cls = pl.prompt.apply(gpt2_cls(), pl.prompt.PromptConfig(num_virtual_tokens=P))
     assert pl.trainable_report(cls).trainable == P * H + 32 * 2  # GPT-2's score has no bias
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=IDS_CFG)
 def test_training_step_keeps_base_and_lowers_loss(tiny_bert, config):
-    model = pl.prefix.apply(tiny_bert, copy.deepcopy(config))
+    model = apply(tiny_bert, copy.deepcopy(config))
     before = {k: v.clone() for k, v in model.named_parameters() if not v.requires_grad}
     torch.manual_seed(0)
     x = torch.randint(3, 100, (16, 6))
@@ -189,7 +194,7 @@ def test_prompt_matches_hf_peft_gpt2():
     base = gpt2_lm()
     hf = get_peft_model(copy.deepcopy(base), PromptTuningConfig(task_type="CAUSAL_LM",
                                                                   num_virtual_tokens=P))
-    ours = pl.prefix.apply(copy.deepcopy(base), pl.prefix.PromptConfig(num_virtual_tokens=P))
+    ours = pl.prompt.apply(copy.deepcopy(base), pl.prompt.PromptConfig(num_virtual_tokens=P))
     assert pl.trainable_report(ours).trainable == hf.get_nb_trainable_parameters()[0]
     with torch.no_grad():
         ours.prompt_encoder.weight.copy_(hf.prompt_encoder["default"].embedding.weight)
@@ -203,8 +208,8 @@ def test_prompt_matches_hf_peft_gpt2():
 @pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[2]], ids=["prefix", "prompt"])
 def test_generate_with_cache_equals_full_forwards(config):
     base = gpt2_lm()
-    model = pl.prefix.apply(copy.deepcopy(base), pl.prefix.PromptConfig(P, init="normal")
-                            if config.method == "prompt" else copy.deepcopy(config))
+    model = apply(copy.deepcopy(base), pl.prompt.PromptConfig(P, init="normal")
+                  if config.method == "prompt" else copy.deepcopy(config))
     ids = torch.tensor([[3, 4, 5]])
     kw = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
     cached = model.generate(ids, **kw)
@@ -233,7 +238,7 @@ def test_fold_keeps_outputs(tiny_bert):
 
 def test_init_text(embedded):
     model, tok = embedded
-    pl.prefix.apply(model, pl.prefix.PromptConfig(4, init="text", init_text="great film"),
+    pl.prompt.apply(model, pl.prompt.PromptConfig(4, init="text", init_text="great film"),
                     tokenizer=tok)
     ids = tok("great film", add_special_tokens=False)["input_ids"]
     emb = model.get_input_embeddings().weight
@@ -253,8 +258,8 @@ def test_prefix_init_text_is_the_models_own_keys(embedded):
 
 def test_attention_to_prefix(tiny_bert, embedded):
     model, tok = embedded
-    for config in (pl.prefix.PrefixConfig(4), pl.prefix.PromptConfig(4)):
-        m = pl.prefix.apply(copy.deepcopy(model), config)
+    for config in (pl.prefix.PrefixConfig(4), pl.prompt.PromptConfig(4)):
+        m = apply(copy.deepcopy(model), config)
         d = pl.prefix.attention_to_prefix(m, tok, "a fine day")
         T = len(d["tokens"])
         assert d["attention"].shape == (6, 12, T, 4)
@@ -267,7 +272,7 @@ def test_attention_to_prefix(tiny_bert, embedded):
 @pytest.mark.parametrize("config", CONFIGS, ids=IDS_CFG)
 def test_save_load_roundtrip(tiny_bert, tmp_path, config):
     fresh = copy.deepcopy(tiny_bert)
-    model = pl.prefix.apply(tiny_bert, copy.deepcopy(config))
+    model = apply(tiny_bert, copy.deepcopy(config))
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
@@ -284,7 +289,7 @@ def test_save_load_roundtrip(tiny_bert, tmp_path, config):
 def test_load_onto_other_shape_raises_and_changes_nothing(tiny_bert, tmp_path, config):
     from transformers import BertConfig, BertForSequenceClassification
 
-    pl.save_adapter(pl.prefix.apply(tiny_bert, copy.deepcopy(config)), tmp_path / "a")
+    pl.save_adapter(apply(tiny_bert, copy.deepcopy(config)), tmp_path / "a")
     other = BertForSequenceClassification(BertConfig(
         vocab_size=100, hidden_size=48, num_hidden_layers=3, num_attention_heads=4,
         intermediate_size=64, max_position_embeddings=64, num_labels=2))
@@ -296,7 +301,7 @@ def test_load_onto_other_shape_raises_and_changes_nothing(tiny_bert, tmp_path, c
 
 @pytest.mark.parametrize("bad", [0, -2, True, 2.5])
 def test_bad_length_raises(bad):
-    for cls in (pl.prefix.PrefixConfig, pl.prefix.PromptConfig):
+    for cls in (pl.prefix.PrefixConfig, pl.prompt.PromptConfig):
         with pytest.raises(ValueError, match="num_virtual_tokens"):
             cls(num_virtual_tokens=bad)
 
@@ -308,10 +313,10 @@ def test_unsupported_models_raise_and_change_nothing(tiny_mlp, tiny_bert):
                                              num_layers=1, num_heads=2))
     for model, err, msg in [(tiny_mlp, TypeError, "transformers model"),
                             (t5, TypeError, "encoder-decoder")]:
-        for config in (pl.prefix.PrefixConfig(P), pl.prefix.PromptConfig(P)):
+        for config in (pl.prefix.PrefixConfig(P), pl.prompt.PromptConfig(P)):
             before = state(model)
             with pytest.raises(err, match=msg):
-                pl.prefix.apply(model, config)
+                apply(model, config)
             assert same_state(before, state(model)) and pl.core.get_method(model) is None
     tiny_bert.config._attn_implementation_internal = "flex_attention"
     before = state(tiny_bert)
@@ -319,14 +324,14 @@ def test_unsupported_models_raise_and_change_nothing(tiny_mlp, tiny_bert):
         pl.prefix.apply(tiny_bert, pl.prefix.PrefixConfig(P))
     assert same_state(before, state(tiny_bert)) and not hasattr(tiny_bert, "prefix_encoder")
     with pytest.raises(ValueError, match="tokenizer"):
-        pl.prefix.apply(gpt2_lm(), pl.prefix.PromptConfig(P, init="text", init_text="hi"))
+        pl.prompt.apply(gpt2_lm(), pl.prompt.PromptConfig(P, init="text", init_text="hi"))
 
 
 def test_apply_twice_raises(tiny_bert):
     pl.prefix.apply(tiny_bert, pl.prefix.PrefixConfig(P))
     before = state(tiny_bert)
     with pytest.raises(AlreadyAdaptedError):
-        pl.prefix.apply(tiny_bert, pl.prefix.PromptConfig(P))
+        pl.prompt.apply(tiny_bert, pl.prompt.PromptConfig(P))
     assert same_state(before, state(tiny_bert))
 
 
@@ -334,7 +339,7 @@ def test_prompt_hf_peft_format_both_ways(tmp_path):
     from peft import PeftModel
 
     base = gpt2_lm()
-    ours = pl.prefix.apply(copy.deepcopy(base), pl.prefix.PromptConfig(P, init="normal"))
+    ours = pl.prompt.apply(copy.deepcopy(base), pl.prompt.PromptConfig(P, init="normal"))
     pl.save_adapter(ours, tmp_path / "hf", format="hf-peft")
     theirs = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "hf").eval()
     back = pl.load_adapter(copy.deepcopy(base), tmp_path / "hf")
@@ -347,7 +352,7 @@ def test_prompt_hf_peft_format_both_ways(tmp_path):
 
 
 def test_hf_peft_export_refused_where_it_would_differ(tiny_bert, tmp_path):
-    pl.prefix.apply(tiny_bert, pl.prefix.PromptConfig(P))   # prompt after [CLS], trained head
+    pl.prompt.apply(tiny_bert, pl.prompt.PromptConfig(P))   # prompt after [CLS], trained head
     with pytest.raises(AdapterError, match="format='peftlab'"):
         pl.save_adapter(tiny_bert, tmp_path / "x", format="hf-peft")
     lm = pl.prefix.apply(gpt2_lm(), pl.prefix.PrefixConfig(P))
@@ -375,26 +380,22 @@ def test_other_architectures_gqa_llama_and_roberta_head():
     roberta = tf.RobertaForSequenceClassification(tf.RobertaConfig(
         vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=64, pad_token_id=0)).eval()
-    pl.prefix.apply(roberta, pl.prefix.PromptConfig(P))
+    pl.prompt.apply(roberta, pl.prompt.PromptConfig(P))
     assert pl.core.get_targets(roberta) == ["classifier.dense", "classifier.out_proj"]
     assert pl.trainable_report(roberta).trainable == P * 32 + (32 * 32 + 32) + (32 * 2 + 2)
     check_padding_invariance(roberta, token_level=False)
 
 
-# --- unloading: hooks, attention functions and state are removed ------------------------------
+# --- unloading: hooks and state are removed; attention functions stay registered ------------
 
 def _registered(name):
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-    return name in AttentionInterface._global_mapping or \
-        name in AttentionMaskInterface._global_mapping
+    from transformers import AttentionInterface, AttentionMaskInterface
+    return name in AttentionInterface() and name in AttentionMaskInterface()
 
 
 def test_prefix_unload_gives_the_base_model_back(tiny_bert):
-    from peftlab.prefix import wiring
     from peftlab.prefix.wiring import ATTN_PREFIX
 
-    wiring._USERS.clear()   # other tests' prefix models re-register on their next forward
     ids = torch.tensor([[1, 5, 7, 2], [1, 9, 2, 0]])
     mask = (ids != 0).long()
     with torch.no_grad():
@@ -408,14 +409,24 @@ def test_prefix_unload_gives_the_base_model_back(tiny_bert):
     assert tiny_bert.config._attn_implementation == impl
     assert len(tiny_bert._forward_pre_hooks) == n_hooks
     assert not any(hasattr(m, "peftlab_prefix") for m in tiny_bert.modules())
-    assert not _registered(ATTN_PREFIX + "sdpa") and not _registered(ATTN_PREFIX + "eager")
+    # registered once, never taken out (issue 25): the unloaded model just no longer calls them
+    assert _registered(ATTN_PREFIX + "sdpa") and _registered(ATTN_PREFIX + "eager")
     with torch.no_grad():
         assert torch.equal(tiny_bert(input_ids=ids, attention_mask=mask).logits, before)
 
 
-def test_probe_leaves_no_attention_function_registered(tiny_bert):
+def test_probe_registers_nothing_temporary_and_leaves_the_model_as_it_was(tiny_bert):
+    from transformers import AttentionInterface
+
+    from peftlab.prefix.wiring import ATTN_PROBE
+
+    impl = tiny_bert.config._attn_implementation
     pl.prefix.probe(tiny_bert)
-    assert not _registered("peftlab_probe")
+    names = set(AttentionInterface())
+    pl.prefix.probe(tiny_bert)
+    assert set(AttentionInterface()) == names and _registered(ATTN_PROBE + impl)
+    assert tiny_bert.config._attn_implementation == impl
+    assert not any(hasattr(m, "peftlab_probe") for m in tiny_bert.modules())
 
 
 def test_a_copy_of_a_prefix_model_works_after_the_original_is_unloaded(tiny_bert):
@@ -436,7 +447,7 @@ def test_prompt_unload_removes_its_hooks(tiny_bert):
     emb = tiny_bert.get_input_embeddings()
     counts = (len(tiny_bert._forward_pre_hooks), len(tiny_bert._forward_hooks),
               len(emb._forward_hooks))
-    pl.prefix.apply(tiny_bert, pl.prefix.PromptConfig(3, init="normal"))
+    pl.prompt.apply(tiny_bert, pl.prompt.PromptConfig(3, init="normal"))
     assert len(emb._forward_hooks) == counts[2] + 1
     pl.prompt.unload(tiny_bert)
     assert (len(tiny_bert._forward_pre_hooks), len(tiny_bert._forward_hooks),
@@ -489,8 +500,8 @@ def test_static_cache_generation_equals_uncached(arch, method):
     sizes has no room for the prompt, and the 4-D mask it builds was not extended)."""
     model = gpt2_lm() if arch == "gpt2" else _llama_lm()
     config = pl.prefix.PrefixConfig(P) if method == "prefix" else \
-        pl.prefix.PromptConfig(P, init="normal")
-    pl.prefix.apply(model, config)
+        pl.prompt.PromptConfig(P, init="normal")
+    apply(model, config)
     ids = torch.tensor([[3, 4, 5, 6], [0, 0, 7, 8]])               # left padding
     mask = (ids != 0).long()
     kw = {"attention_mask": mask, "max_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
@@ -517,7 +528,7 @@ def test_prompt_extends_4d_masks_like_2d_ones(tiny_bert, arch):
         want = model(input_ids=ids, attention_mask=mask).logits
         torch.testing.assert_close(model(input_ids=ids, attention_mask=_mask_4d(
             mask, arch == "gpt2")).logits, want, atol=1e-5, rtol=0)
-    pl.prefix.apply(model, pl.prefix.PromptConfig(P, init="normal"))
+    pl.prompt.apply(model, pl.prompt.PromptConfig(P, init="normal"))
     for four_d in (_mask_4d(mask, arch == "gpt2"),
                    torch.where(_mask_4d(mask, arch == "gpt2"), 0.0, torch.finfo(torch.float32).min)):
         with torch.no_grad():
@@ -537,23 +548,23 @@ def test_vocab_init_draws_distinct_frequent_words(embedded):
     assert len(cands) == 5000 and words[0] == "the"
     assert not set(cands.tolist()) & set(tok.all_special_ids)
     assert all(len(w.replace("##", "")) > 1 and not w.startswith("[") for w in words)
-    pl.prefix.apply(model, pl.prefix.PromptConfig(20, init="vocab", seed=3), tokenizer=tok)
+    pl.prompt.apply(model, pl.prompt.PromptConfig(20, init="vocab", seed=3), tokenizer=tok)
     emb = model.get_input_embeddings().weight
     rows = [int(torch.nonzero((emb == r).all(dim=1))[0]) for r in model.prompt_encoder.weight]
     assert len(set(rows)) == 20 and set(rows) <= set(cands.tolist())
     with pytest.warns(UserWarning, match="without tokenizer="):
-        pl.prefix.apply(gpt2_lm(), pl.prefix.PromptConfig(4))
+        pl.prompt.apply(gpt2_lm(), pl.prompt.PromptConfig(4))
 
 
 @pytest.mark.parametrize("method", ["prefix", "prompt"])
 def test_unload_puts_back_the_trained_head(tiny_bert, method):
     before = state(tiny_bert)
     config = pl.prefix.PrefixConfig(P) if method == "prefix" else \
-        pl.prefix.PromptConfig(P, init="normal")
-    pl.prefix.apply(tiny_bert, config)
+        pl.prompt.PromptConfig(P, init="normal")
+    apply(tiny_bert, config)
     with torch.no_grad():
         tiny_bert.classifier.weight.add_(1.0)                 # as training would
-    pl.prefix.unload(tiny_bert)
+    getattr(pl, method).unload(tiny_bert)
     assert same_state(tiny_bert.state_dict(), before)
 
 
@@ -577,9 +588,9 @@ def test_prefix_survives_set_attn_implementation(tiny_bert):
 
 
 def test_prompt_and_prefix_are_fp32_on_a_bf16_base(tiny_bert):
-    for config in (pl.prefix.PrefixConfig(P), pl.prefix.PromptConfig(P, init="normal")):
+    for config in (pl.prefix.PrefixConfig(P), pl.prompt.PromptConfig(P, init="normal")):
         model = copy.deepcopy(tiny_bert).to(torch.bfloat16)
-        pl.prefix.apply(model, config)
+        apply(model, config)
         assert all(p.dtype == torch.float32 for n, p in model.named_parameters()
                    if n.startswith(("prefix_encoder", "prompt_encoder")))
         out = model(input_ids=IDS, attention_mask=MASK).logits

@@ -39,7 +39,7 @@ def apply_method(name, model, batches):
     elif name == "prefix":
         pl.prefix.apply(model, pl.prefix.PrefixConfig(num_virtual_tokens=3))
     elif name == "prompt":
-        pl.prefix.apply(model, pl.prefix.PromptConfig(num_virtual_tokens=3))
+        pl.prompt.apply(model, pl.prompt.PromptConfig(num_virtual_tokens=3))
     elif name == "selection":
         pl.selection.apply(model, pl.selection.SelectionConfig(fraction=0.02),
                            batches=batches, loss_fn=tr.loss_fn)

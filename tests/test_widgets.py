@@ -331,9 +331,9 @@ def test_rank_viewer_follows_adalora_training(tiny_bert):
 # --- PrefixViewer -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("config", [pl.prefix.PrefixConfig(num_virtual_tokens=5),
-                                    pl.prefix.PromptConfig(num_virtual_tokens=5, init="normal")])
+                                    pl.prompt.PromptConfig(num_virtual_tokens=5, init="normal")])
 def test_prefix_viewer_matches_attention_to_prefix(tiny_bert, tiny_tokenizer, config):
-    pl.prefix.apply(tiny_bert, config)
+    getattr(pl, config.method).apply(tiny_bert, config)     # pl.prefix or pl.prompt
     v = widgets.PrefixViewer(tiny_bert, tiny_tokenizer, text="the film was great")
     ref = pl.prefix.attention_to_prefix(tiny_bert, tiny_tokenizer, "the film was great")
     assert v.tokens == ["[CLS]", "the", "film", "was", "great", "[SEP]"]

@@ -1,6 +1,13 @@
 """Helpers for transformers models that prefix and prompt tuning share: what counts as a
-model they can wire, switching the attention implementation for a block, and registering
-attention functions with transformers only for as long as they are needed."""
+model they can wire, switching the attention implementation (for good or for a block), and
+registering attention functions with transformers.
+
+Only transformers' public API is used: `model.set_attn_implementation(name)` switches a
+model's attention (it checks the name and the model's support), and the class methods
+`AttentionInterface.register` / `AttentionMaskInterface.register` add a function to
+transformers' registries, where it stays: peftlab registers its few names once per process
+and never takes them out, so any model or copy of one that names them keeps working.
+"""
 
 from __future__ import annotations
 
@@ -21,51 +28,64 @@ def check_supported(model: nn.Module, who: str = "prefix tuning") -> None:
                         f"{type(model).__name__} is an encoder-decoder. Use pl.lora instead.")
 
 
+def attention_of(model: nn.Module) -> str | None:
+    """The name of the attention function `model` calls (its config's attention setting)."""
+    return model.config._attn_implementation
+
+
+def _switcher(model: nn.Module):
+    """What switches `model`'s attention: the model itself when it is a transformers model,
+    else (a wrapper such as pl.models.MeanPoolClassifier) the first transformers model inside
+    it that shares its config."""
+    if hasattr(model, "set_attn_implementation"):
+        return model
+    return next((m for m in model.modules() if hasattr(m, "set_attn_implementation")
+                 and getattr(m, "config", None) is model.config), None)
+
+
+def set_attention(model: nn.Module, name: str) -> None:
+    """Make `model` call the attention function `name`, through transformers'
+    `set_attn_implementation`; raise TypeError if the model did not take it (a model whose
+    attention does not go through transformers' AttentionInterface)."""
+    if attention_of(model) == name:
+        return
+    owner = _switcher(model)
+    if owner is not None:
+        owner.set_attn_implementation(name)
+    if attention_of(model) != name:
+        raise TypeError(f"{type(model).__name__} does not route attention through transformers' "
+                        f"AttentionInterface (model.set_attn_implementation({name!r}) left it "
+                        f"on {attention_of(model)!r}), so peftlab cannot switch its attention "
+                        f"(where prefix tuning joins its keys); for this model use "
+                        f"pl.prompt.PromptConfig (input-level) or pl.lora.")
+
+
 @contextlib.contextmanager
 def attn_implementation(model: nn.Module, name: str):
-    """Run a block with `model.config._attn_implementation` set to `name`."""
-    old = model.config._attn_implementation
-    model.config._attn_implementation_internal = name
+    """Run a block with `model` calling the attention function `name`, then switch it back."""
+    old = attention_of(model)
+    set_attention(model, name)
     try:
         yield
     finally:
-        model.config._attn_implementation_internal = old
-
-
-def register_attention(name: str, attention_fn, mask_fn) -> None:
-    """Register an attention function and its mask function with transformers under `name`."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
-    AttentionInterface.register(name, attention_fn)
-    AttentionMaskInterface.register(name, mask_fn)
-
-
-def unregister_attention(name: str) -> None:
-    """Remove what register_attention added (a no-op for names never registered)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
-    for interface in (AttentionInterface, AttentionMaskInterface):
-        interface._global_mapping.pop(name, None)
+        set_attention(model, old)
 
 
 def is_registered(name: str) -> bool:
-    from transformers import AttentionInterface
+    """Whether transformers knows an attention function and a mask function called `name`."""
+    from transformers import AttentionInterface, AttentionMaskInterface
 
-    return name in AttentionInterface._global_mapping
+    return name in AttentionInterface() and name in AttentionMaskInterface()
 
 
-@contextlib.contextmanager
-def temporary_attention(model: nn.Module, name: str, attention_fn, mask_fn):
-    """Register `attention_fn` under `name`, run the block with the model using it, then put
-    the model's implementation back and unregister the name."""
-    register_attention(name, attention_fn, mask_fn)
-    try:
-        with attn_implementation(model, name):
-            yield
-    finally:
-        unregister_attention(name)
+def register_attention(name: str, attention_fn, mask_fn) -> None:
+    """Register an attention function and its mask function with transformers under `name`,
+    unless that name is registered already (the first registration stays)."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+
+    if not is_registered(name):
+        AttentionInterface.register(name, attention_fn)
+        AttentionMaskInterface.register(name, mask_fn)
 
 
 def check_num_virtual_tokens(p, who: str) -> None:

@@ -147,8 +147,9 @@ class MeanPoolClassifier(nn.Module):
 
     The encoder keeps its transformers name (`model.bert` for BERT), so module names, LoRA
     targets and adapter keys read as in BertForSequenceClassification; `model.config` is the
-    encoder's own config object (prefix and prompt tuning edit it). The encoder's pooler, if
-    it has one, is dropped: mean pooling does not use it.
+    encoder's own config object, so switching the encoder's attention
+    (`model.encoder.set_attn_implementation`, which prefix tuning calls) is the model's. The
+    encoder's pooler, if it has one, is dropped: mean pooling does not use it.
     """
 
     def __init__(self, encoder: nn.Module, num_labels: int = 2):
@@ -166,10 +167,6 @@ class MeanPoolClassifier(nn.Module):
     @property
     def encoder(self) -> nn.Module:
         return getattr(self, self.encoder_name)
-
-    @classmethod
-    def _can_set_attn_implementation(cls) -> bool:
-        return True          # attention lives in the wrapped transformers encoder
 
     def get_input_embeddings(self) -> nn.Module:
         return self.encoder.get_input_embeddings()

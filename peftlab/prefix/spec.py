@@ -3,7 +3,6 @@
 from peftlab.core.methodspec import CompareEntry, MethodSpec, Option, TrainEntry
 
 
-
 def describe(s: dict) -> str:
     """'prefix with 10 virtual tokens'"""
     return f"prefix with {s['virtual_tokens']} virtual tokens"

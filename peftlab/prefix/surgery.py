@@ -3,7 +3,7 @@
     pl.prefix.apply(model, pl.prefix.PrefixConfig(num_virtual_tokens=10))
     pl.prefix.apply(model, pl.prefix.PrefixConfig(10, projection_hidden=512))  # the paper's MLP
     pl.prefix.fold(model)                       # MLP -> plain prefix tensors, for saving/inference
-    pl.prefix.apply(model, pl.prefix.PromptConfig(num_virtual_tokens=10))  # prompt tuning
+    pl.prompt.apply(model, pl.prompt.PromptConfig(num_virtual_tokens=10))  # prompt tuning: pl.prompt
 
 Each self-attention layer l gets P "virtual tokens" that exist only as a key prefix K_l and a
 value prefix V_l, each (heads, P, head_dim). With the layer's own Q, K, V of shape (B, heads, T, D):
@@ -26,13 +26,19 @@ tokens' position ids by P, and refuses BERT-family encoders under transformers 5
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from peftlab.core.adapt import Plan, adapt, heads_for
-from peftlab.core.hf import attn_implementation, check_num_virtual_tokens
+from peftlab.core.hf import (
+    attention_of,
+    attn_implementation,
+    check_num_virtual_tokens,
+    set_attention,
+)
 from peftlab.core.layers import adapter_dtype
 from peftlab.core.registry import cannot_merge
 from peftlab.core.state import eval_mode, get_config, get_method, mark, restore, unmark
@@ -42,8 +48,6 @@ from peftlab.prefix.wiring import (
     PrefixSlot,
     ensure_registered,
     probe,
-    register,
-    release,
     text_activations,
 )
 from peftlab.prompt import surgery as prompt
@@ -94,9 +98,11 @@ class PrefixConfig:
 def apply(model: nn.Module, config: PrefixConfig | PromptConfig | None = None, tokenizer=None):
     """Freeze `model` and give each self-attention layer a trainable prefix; returns the model.
 
-    A PromptConfig is handed to peftlab.prompt.apply (input-level prompt tuning)."""
+    A PromptConfig still works here (deprecated): it is handed to pl.prompt.apply, the one door
+    of input-level prompt tuning, with a DeprecationWarning."""
     config = config or PrefixConfig()
     if isinstance(config, PromptConfig):
+        _deprecated("pl.prefix.apply(model, PromptConfig)", stacklevel=3)
         return prompt.apply(model, config, tokenizer=tokenizer)
     if not isinstance(config, PrefixConfig):
         raise TypeError(f"pl.prefix.apply takes a PrefixConfig or PromptConfig, got "
@@ -126,11 +132,10 @@ def apply(model: nn.Module, config: PrefixConfig | PromptConfig | None = None, t
 
     def attach(p: Plan) -> list:
         encoder, calls = p.parts
-        register(model)
         model.add_module("prefix_encoder", encoder)
         for i, (module, _) in enumerate(calls):
             module.peftlab_prefix = PrefixSlot(encoder, i)
-        model.config._attn_implementation_internal = ATTN_PREFIX + model.config._attn_implementation
+        set_attention(model, ATTN_PREFIX + attention_of(model))   # registered by probe
         return [model.register_forward_pre_hook(ensure_registered, with_kwargs=True)]
 
     return adapt(model, "prefix", config, plan, attach)
@@ -196,8 +201,10 @@ def unload(model: nn.Module, merge: bool = False) -> nn.Module:
     are put back: the plain base model, bit for bit. Returns the model.
 
     merge=True is refused (raised before anything changes): a prefix is extra keys and
-    values, not a weight update, so there is nothing to fold into the weights."""
+    values, not a weight update, so there is nothing to fold into the weights. A prompt model
+    is handed to pl.prompt.unload (deprecated here, with a DeprecationWarning)."""
     if get_method(model) == "prompt":
+        _deprecated("pl.prefix.unload on a prompt-tuned model", stacklevel=3)
         return prompt.unload(model, merge=merge)
     if get_method(model) != "prefix":
         raise ValueError("unload() needs a model carrying a prefix adapter (pl.prefix.apply).")
@@ -208,9 +215,15 @@ def unload(model: nn.Module, merge: bool = False) -> nn.Module:
             del m.peftlab_prefix
     del model.prefix_encoder
     restore(model)
-    impl = model.config._attn_implementation
+    impl = attention_of(model)
     if impl.startswith(ATTN_PREFIX):
-        model.config._attn_implementation_internal = impl[len(ATTN_PREFIX):]
+        set_attention(model, impl[len(ATTN_PREFIX):])
     unmark(model)
-    release(model)
     return model
+
+
+def _deprecated(what: str, stacklevel: int) -> None:
+    """The DeprecationWarning of prompt tuning reached through pl.prefix."""
+    warnings.warn(f"{what} is deprecated: use pl.prompt.PromptConfig / pl.prompt.apply "
+                  f"(pl.prompt is prompt tuning's own package).", DeprecationWarning,
+                  stacklevel=stacklevel)

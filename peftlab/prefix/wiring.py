@@ -1,6 +1,6 @@
 """How a prefix reaches the attention of a transformers model (transformers >= 5).
 
-Every attention module calls the function that `config._attn_implementation` names in
+Every attention module calls the function that its config's attention setting names in
 transformers' AttentionInterface. We register "peftlab_prefix_sdpa" / "peftlab_prefix_eager":
 each finds the module's prefix (the `PrefixSlot` that apply() puts on the module as
 `module.peftlab_prefix`) and calls the pure `prefix_attention` of peftlab/prefix/prefix.py
@@ -9,37 +9,40 @@ keeps the causal mask explicit so that it can be extended. The prefix is never w
 the KV cache: it is joined afresh at every step, so cached generation sees exactly the prefix
 a full forward pass sees.
 
-The two names stay registered while a model uses them: unload() unregisters them when the
-last registered model lets go, and a forward pre-hook re-registers them (a dictionary lookup)
-so that a copy of a prefix model keeps working on its own.
+The names are registered once (`register`, the first time a prefix is applied or probed) and
+never taken out: a module without a slot just runs the model's own kernel, so any model, copy
+or unloaded original that names them keeps working. A forward pre-hook of a prefix model
+registers them in a fresh process (a dictionary lookup otherwise) and follows a later
+model.set_attn_implementation("eager" / "sdpa").
 
-`probe` finds the self-attention modules by running one tiny forward pass with a recording
-attention function (registered only for that pass), so no model-specific names are needed.
+`probe` finds the self-attention modules by running one tiny forward pass with the permanent
+"peftlab_probe_sdpa" / "peftlab_probe_eager" functions: they run the model's own kernel and,
+while `recording(model)` has put a `ProbeRecord` on the model's modules, note each call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
-import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from peftlab.core.hf import (
+    attention_of,
     attn_implementation,
     check_supported,
     is_registered,
     register_attention,
-    temporary_attention,
-    unregister_attention,
+    set_attention,
 )
 from peftlab.core.state import eval_mode
 from peftlab.prefix.prefix import PrefixEncoder, prefix_attention
 
 ATTN_PREFIX = "peftlab_prefix_"   # registered names: peftlab_prefix_sdpa, peftlab_prefix_eager
+ATTN_PROBE = "peftlab_probe_"     # and peftlab_probe_sdpa, peftlab_probe_eager
 BASES = ("sdpa", "eager")
-_USERS: weakref.WeakSet = weakref.WeakSet()   # models whose forward uses the names above
 
 
 @dataclass(eq=False)
@@ -49,6 +52,14 @@ class PrefixSlot:
 
     encoder: PrefixEncoder
     layer: int
+
+
+@dataclass(eq=False)
+class ProbeRecord:
+    """What the probe attention function notes while `recording` runs: one (module, query
+    shape (B, H, T, D), key, value) per call, in call order."""
+
+    calls: list = field(default_factory=list)
 
 
 # --- the attention function transformers calls ----------------------------------------------
@@ -94,6 +105,8 @@ def make_attention(base: str):
 
 
 def make_mask(base: str):
+    """The mask function registered beside peftlab_prefix_<base> / peftlab_probe_<base>:
+    transformers' own sdpa / eager mask, always spelled out (never the is_causal shortcut)."""
     from transformers.masking_utils import eager_mask, sdpa_mask
 
     def prefix_mask(*args, **kwargs):
@@ -102,67 +115,75 @@ def make_mask(base: str):
     return prefix_mask
 
 
-def register(model: nn.Module | None = None) -> None:
-    """Register peftlab_prefix_{sdpa,eager} with transformers (idempotent); remember `model`."""
+def make_probe(base: str):
+    """The function registered as peftlab_probe_<base>: the model's own kernel, noting the
+    call in the module's ProbeRecord while `recording` has put one there."""
+    def probe_attention(module, query, key, value, attention_mask, **kwargs):
+        record = getattr(module, "peftlab_probe", None)
+        if isinstance(record, ProbeRecord):
+            record.calls.append((module, tuple(query.shape), key.detach(), value.detach()))
+        return base_attention(module, base)(module, query, key, value, attention_mask, **kwargs)
+    return probe_attention
+
+
+def register() -> None:
+    """Register peftlab_prefix_{sdpa,eager} and peftlab_probe_{sdpa,eager} with transformers:
+    the first call registers them for good, later calls find them there and return."""
     for base in BASES:
-        if not is_registered(ATTN_PREFIX + base):
-            register_attention(ATTN_PREFIX + base, make_attention(base), make_mask(base))
-    if model is not None:
-        _USERS.add(model)
-
-
-def release(model: nn.Module) -> None:
-    """`model` no longer uses the prefix functions; unregister them if no other model does."""
-    _USERS.discard(model)
-    if len(_USERS) == 0:
-        for base in BASES:
-            unregister_attention(ATTN_PREFIX + base)
+        for name, make in ((ATTN_PREFIX + base, make_attention), (ATTN_PROBE + base, make_probe)):
+            if not is_registered(name):
+                register_attention(name, make(base), make_mask(base))
 
 
 def ensure_registered(model: nn.Module, args, kwargs):
-    """Forward pre-hook of a prefix model: make sure its attention functions exist, and that
-    the model still calls them: after model.set_attn_implementation("eager" / "sdpa") the
-    prefix follows the new kernel; another implementation raises instead of silently
-    dropping the prefix."""
-    if not all(is_registered(ATTN_PREFIX + base) for base in BASES):
-        register(model)
-    impl = model.config._attn_implementation
+    """Forward pre-hook of a prefix model: make sure its attention functions exist (a model
+    loaded in a fresh process), and that the model still calls them: after
+    model.set_attn_implementation("eager" / "sdpa") the prefix follows the new kernel; another
+    implementation raises instead of silently dropping the prefix."""
+    register()
+    impl = attention_of(model)
     if impl.startswith(ATTN_PREFIX):
         return
     if impl not in BASES:
         raise ValueError(f"This model carries a peftlab prefix, but its attention "
                          f"implementation was set to {impl!r}, which cannot take a prefix; "
                          f"call model.set_attn_implementation('sdpa') (or 'eager').")
-    model.config._attn_implementation_internal = ATTN_PREFIX + impl
+    set_attention(model, ATTN_PREFIX + impl)
 
 
 # --- finding the attention layers: one probing forward pass --------------------------------
+
+@contextlib.contextmanager
+def recording(model: nn.Module):
+    """Run a block with `model` on the probe attention function and a fresh ProbeRecord on
+    every module (yielded); afterwards the record and the model's own attention are back."""
+    register()
+    record, modules = ProbeRecord(), list(model.modules())
+    for m in modules:
+        m.peftlab_probe = record
+    try:
+        with eval_mode(model), torch.no_grad(), \
+                attn_implementation(model, ATTN_PROBE + attention_of(model)):
+            yield record
+    finally:
+        for m in modules:
+            del m.peftlab_probe
+
 
 def probe(model: nn.Module) -> list[tuple[nn.Module, tuple]]:
     """Run one tiny forward pass and record which modules call the attention interface, in
     order, with their key shape (B, Hkv, T, D). Nothing in the model changes."""
     check_supported(model)
-    impl = model.config._attn_implementation
+    impl = attention_of(model)
     if impl not in BASES:
         raise ValueError(f"prefix tuning needs attn_implementation 'sdpa' or 'eager', the model "
                          f"uses {impl!r}; call model.set_attn_implementation('sdpa') first.")
-    if not type(model)._can_set_attn_implementation():
-        raise TypeError(f"{type(model).__name__} does not route attention through transformers' "
-                        f"AttentionInterface, so peftlab cannot join a prefix to its keys. Use "
-                        f"pl.prefix.PromptConfig (input-level) or pl.lora instead.")
-    calls = []
-    base_fn = make_attention(impl)
-
-    def recorder(module, query, key, value, attention_mask, **kwargs):
-        calls.append((module, tuple(query.shape), tuple(key.shape)))
-        return base_fn(module, query, key, value, attention_mask, **kwargs)
-
     vocab = model.get_input_embeddings().num_embeddings
     device = model.get_input_embeddings().weight.device
     ids = torch.arange(1, 4).clamp(max=vocab - 1)[None].to(device)
-    with eval_mode(model), torch.no_grad(), \
-            temporary_attention(model, "peftlab_probe", recorder, make_mask(impl)):
+    with recording(model) as record:    # TypeError if the model cannot switch its attention
         model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    calls = [(m, q, tuple(k.shape)) for m, q, k, _ in record.calls]
     modules = [m for m, _, _ in calls]
     if not calls:
         raise TypeError(f"{type(model).__name__} made no call to the attention interface in a "
@@ -170,7 +191,7 @@ def probe(model: nn.Module) -> list[tuple[nn.Module, tuple]]:
     if len(set(map(id, modules))) != len(modules):
         raise TypeError(f"{type(model).__name__} calls the same attention module more than once "
                         f"per forward (shared layers, as in ALBERT): a per-layer prefix is not "
-                        f"defined there. Use pl.prefix.PromptConfig or pl.lora.")
+                        f"defined there. Use pl.prompt.PromptConfig or pl.lora.")
     shapes = {(k[1], k[3]) for _, _, k in calls}
     if len(shapes) > 1 or any(q[2] != k[2] for _, q, k in calls):
         raise TypeError(f"{type(model).__name__}'s attention layers differ in heads/head size or "
@@ -187,17 +208,11 @@ def text_activations(model, tokenizer, text: str, P: int) -> torch.Tensor:
     if ids.shape[1] == 0:
         raise ValueError(f"init_text {text!r} gives no tokens.")
     ids = ids[:, torch.arange(P) % ids.shape[1]].to(next(model.parameters()).device)
-    impl, kv = model.config._attn_implementation, []
-
-    def grab(module, query, key, value, mask, **kw):
-        kv.append(torch.stack([key[0], value[0]]))                     # (2, Hkv, P, D)
-        return base_attention(module, impl)(module, query, key, value, mask, **kw)
-
-    with eval_mode(model), temporary_attention(model, "peftlab_grab", grab, make_mask(impl)):
+    with recording(model) as record:
         model(input_ids=ids)
-    return torch.stack(kv)
+    return torch.stack([torch.stack([k[0], v[0]]) for _, _, k, v in record.calls])
 
 
-__all__ = ["ATTN_PREFIX", "BASES", "PrefixSlot", "attn_implementation", "base_attention",
-           "ensure_registered", "make_attention", "make_mask", "probe", "register", "release",
-           "text_activations"]
+__all__ = ["ATTN_PREFIX", "ATTN_PROBE", "BASES", "PrefixSlot", "ProbeRecord", "base_attention",
+           "ensure_registered", "make_attention", "make_mask", "make_probe", "probe", "recording",
+           "register", "text_activations"]

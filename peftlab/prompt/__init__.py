@@ -6,7 +6,8 @@
     format.py   loading and the Hugging Face PEFT format (PROMPT_TUNING)
 
     pl.prompt.apply(model, pl.prompt.PromptConfig(num_virtual_tokens=10))
-    pl.prefix.apply(model, pl.prefix.PromptConfig(num_virtual_tokens=10))   # the same
+
+This package is prompt tuning's one door (pl.prefix.PromptConfig is a deprecated alias).
 """
 
 from peftlab.prompt.format import from_hf_peft, prepare_load, to_hf_peft

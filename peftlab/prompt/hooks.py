@@ -13,19 +13,37 @@ In cached generation the prompt is in the cache after the first step; later step
 the mask and shift position ids. A static cache (generate(cache_implementation="static"))
 is sized by generate for the caller's tokens: the first step grows its layers by P before
 they allocate. Masks may be 2-D (B, T) or 4-D (B, 1|H, Tq, Tk) (bool or additive float, what
-generate builds for a static cache): extend_mask_4d adds the prompt's rows and columns. A `pending` flag on the PromptEmbedding tells the embedding
-hook that this forward pass inserted placeholders (a cached step and a direct call of the
-embedding layer did not).
+generate builds for a static cache): extend_mask_4d adds the prompt's rows and columns.
+
+The state of one forward pass is one record, `pe.call` (a PromptCall), set by hook 1 and
+cleared by hook 3, which runs even when the forward pass raises (always_call): it tells the
+embedding hook whether this pass inserted placeholders (a cached step, an inputs_embeds call
+and a direct call of the embedding layer did not) and hook 3 how long the outputs are.
 """
 
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from peftlab.prompt.prompt import PromptEmbedding, insert, insert_prompt, prompt_mask, remove
+
+
+@dataclass
+class PromptCall:
+    """One forward pass of a prompt-tuned model, from before_model to after_model.
+
+    swap: the embedding hook has still to swap the placeholders for the prompt (True once
+        before_model inserted them; the hook sets it False when done).
+    length: T + P, the length of this pass's token-level outputs; None for a cached step
+        (its outputs are the caller's tokens only).
+    """
+
+    swap: bool
+    length: int | None
 
 
 def _cache_length(kw: dict) -> int:
@@ -107,12 +125,11 @@ def before_model(pe: PromptEmbedding, model: nn.Module, args, kwargs):
     if cached:
         if pos is not None:
             kw["position_ids"] = pos + P
-        pe.pending = False
+        pe.call = PromptCall(swap=False, length=None)
         return (), kw
     if ids is not None:
         kw["input_ids"] = insert(ids, s, torch.full((B, P), pe.placeholder, dtype=ids.dtype,
                                                     device=ids.device))
-        pe.pending = True               # the embedding hook swaps in the prompt
     else:
         kw["inputs_embeds"] = insert_prompt(embeds, pe.weight, start=s)[0]
     if kw.get("token_type_ids") is not None:
@@ -126,24 +143,26 @@ def before_model(pe: PromptEmbedding, model: nn.Module, args, kwargs):
     if labels is not None and labels.ndim == 2 and labels.shape[1] == T:  # token-level labels
         kw["labels"] = insert(labels, s, torch.full((B, P), -100, dtype=labels.dtype,
                                                      device=labels.device))
-    pe.expected_len = T + P
+    pe.call = PromptCall(swap=ids is not None, length=T + P)   # swap: the embedding hook
     return (), kw
 
 
 def after_embedding(pe: PromptEmbedding, emb: nn.Module, args, out):
-    """Forward hook of the input embeddings: placeholders' embeddings -> the prompt Z."""
-    if not pe.pending:
+    """Forward hook of the input embeddings: placeholders' embeddings -> the prompt Z, once
+    per forward pass that inserted placeholders (pe.call.swap)."""
+    if pe.call is None or not pe.call.swap:
         return out
-    pe.pending = False
+    pe.call.swap = False
     s, P = pe.start, pe.num_virtual_tokens
     return insert_prompt(remove(out, s, P), pe.weight, start=s)[0]
 
 
 def after_model(pe: PromptEmbedding, model: nn.Module, args, kwargs, out):
-    """Forward hook (with kwargs): drop the P virtual positions from token-level logits
-    (B, T + P, C) -> (B, T, C)."""
-    full, pe.expected_len = pe.expected_len, None
-    pe.pending = False
+    """Forward hook (with kwargs, always called): end the pass's record; drop the P virtual
+    positions from token-level logits (B, T + P, C) -> (B, T, C). `out` is None when the
+    forward pass raised."""
+    call, pe.call = pe.call, None
+    full = call.length if call is not None else None
     logits = getattr(out, "logits", None)
     if full is None or logits is None or logits.ndim != 3 or logits.shape[1] != full:
         return out

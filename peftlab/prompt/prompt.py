@@ -60,8 +60,7 @@ class PromptEmbedding(nn.Module):
         self.start = start               # insertion index in the sequence
         self.placeholder = placeholder   # token id that holds the prompt's place in input_ids
         self.causal = causal             # a decoder: the prompt's own queries attend causally
-        self.pending = False             # placeholders were inserted; the embedding hook swaps
-        self.expected_len: int | None = None   # T + P of the forward pass in progress
+        self.call = None                 # the forward pass in progress (hooks.PromptCall), or None
 
     @property
     def num_virtual_tokens(self) -> int:

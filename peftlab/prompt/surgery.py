@@ -1,7 +1,7 @@
 """Prompt tuning (Lester et al., 2021): P trainable input embeddings joined to every input.
 
-    pl.prefix.apply(model, pl.prefix.PromptConfig(num_virtual_tokens=10))
-    pl.prefix.apply(model, pl.prefix.PromptConfig(10, init="text", init_text="good or bad"),
+    pl.prompt.apply(model, pl.prompt.PromptConfig(num_virtual_tokens=10))
+    pl.prompt.apply(model, pl.prompt.PromptConfig(10, init="text", init_text="good or bad"),
                     tokenizer=tokenizer)
 
 The input-level sibling of prefix tuning: instead of keys and values in every layer, only the
@@ -130,14 +130,14 @@ def _init_weight(model, config: PromptConfig, tokenizer) -> torch.Tensor:
             warnings.warn("PromptConfig(init='vocab') without tokenizer=: the prompt is drawn "
                           "from ids below 5,000 (not the 5,000 most frequent words, e.g. "
                           "[unusedN] and single characters in a WordPiece vocabulary). Pass "
-                          "tokenizer= to pl.prefix.apply.", stacklevel=4)
+                          "tokenizer= to pl.prompt.apply.", stacklevel=5)
         cands = vocab_candidates(model, tokenizer)
         pick = torch.randperm(len(cands), generator=g)[:P] if P <= len(cands) else \
             torch.randint(0, len(cands), (P,), generator=g)       # distinct when possible
         return emb[cands[pick].to(emb.device)].clone()
     if tokenizer is None:
         raise ValueError("PromptConfig(init='text') needs the tokenizer: "
-                         "pl.prefix.apply(model, config, tokenizer=tokenizer).")
+                         "pl.prompt.apply(model, config, tokenizer=tokenizer).")
     ids = tokenizer(config.init_text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise ValueError(f"init_text {config.init_text!r} gives no tokens.")
@@ -171,7 +171,7 @@ def apply(model: nn.Module, config: PromptConfig, tokenizer=None) -> nn.Module:
                                                 with_kwargs=True),
                 emb.register_forward_hook(functools.partial(after_embedding, pe)),
                 model.register_forward_hook(functools.partial(after_model, pe),
-                                            with_kwargs=True)]
+                                            with_kwargs=True, always_call=True)]
 
     return adapt(model, "prompt", config, plan, attach)
 
@@ -183,7 +183,7 @@ def unload(model: nn.Module, merge: bool = False) -> nn.Module:
     merge=True is refused (raised before anything changes): a prompt is extra input tokens,
     not a weight update, so there is nothing to fold into the weights."""
     if get_method(model) != "prompt":
-        raise ValueError("unload() needs a model carrying a prompt (pl.prefix.apply with a "
+        raise ValueError("unload() needs a model carrying a prompt (pl.prompt.apply with a "
                          "PromptConfig).")
     if merge:
         raise ValueError(cannot_merge("prompt"))

@@ -42,7 +42,8 @@ class PrefixViewer(WidgetBase):
     def __init__(self, model: nn.Module, tokenizer, text: str = DEFAULT_TEXT):
         if get_method(model) not in ("prefix", "prompt"):
             raise ValueError(f"PrefixViewer needs a model with pl.prefix.apply(model, "
-                             f"PrefixConfig(...) or PromptConfig(...)); this one carries "
+                             f"PrefixConfig(...)) or pl.prompt.apply(model, PromptConfig(...)); "
+                             f"this one carries "
                              f"{get_method(model) or 'no method'}.")
         self.model, self.tokenizer = model, tokenizer
         self.text = W.Text(value=text, description="sentence", continuous_update=False,
