@@ -20,8 +20,6 @@ peftlab/core/registry.py).
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
@@ -41,8 +39,8 @@ _FUNCTIONS = {
     "delete_adapter": "peftlab.lora.named",
     "disable_adapters": "peftlab.lora.named",
     "set_adapter": "peftlab.lora.named",
-    "Predictions": "peftlab.predict",
-    "predict": "peftlab.predict",
+    "Predictions": "peftlab.inference",
+    "predict": "peftlab.inference",
     "trainable_report": "peftlab.report",
 }
 
@@ -56,7 +54,7 @@ if TYPE_CHECKING:                                   # for editors and type check
         disable_adapters,
         set_adapter,
     )
-    from peftlab.predict import Predictions, predict  # noqa: F401
+    from peftlab.inference import Predictions, predict  # noqa: F401
     from peftlab.report import trainable_report  # noqa: F401
 
 
@@ -79,21 +77,6 @@ def __getattr__(name: str):
         raise AttributeError(f"module 'peftlab' has no attribute {name!r}")
     globals()[name] = value                          # later lookups skip __getattr__
     return value
-
-
-class _Facade(types.ModuleType):
-    """This module's type: importing the submodule peftlab.predict makes Python set the
-    attribute `predict` on its package, which would hide the function pl.predict; a function
-    re-exported here keeps its name (the documented way to customise a module's attributes:
-    the Python reference, "Customizing module attribute access")."""
-
-    def __setattr__(self, name, value):
-        if name in _FUNCTIONS and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Facade
 
 
 def __dir__() -> list[str]:

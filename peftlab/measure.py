@@ -46,10 +46,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from peftlab.core.base import base_kind
 from peftlab.core.batches import logits_of
 from peftlab.core.registry import method_module
 from peftlab.core.state import eval_mode, get_method
 from peftlab.io.adapters import save_adapter
+from peftlab.memory import (  # noqa: F401  (part of pl.measure)
+    PeakAboveBaseline,
+    peak_memory_bytes,
+    peak_rss_bytes,
+    reset_peak_rss,
+    rss_bytes,
+)
 
 # --- parameters ------------------------------------------------------------------------------
 
@@ -68,8 +76,23 @@ def tensor_bytes(t: torch.Tensor) -> int:
 
 
 def parameter_bytes(model: nn.Module, trainable_only: bool = False) -> int:
+    """Bytes of the model's parameters (each shared tensor once), or of its trainable ones."""
     return sum(tensor_bytes(p) for p in _unique_parameters(model)
                if p.requires_grad or not trainable_only)
+
+
+def weights_bytes(model: nn.Module) -> int:
+    """Bytes of everything that holds the model's weights: its parameters, plus the buffers of
+    its base layers (peftlab/core/base.py: a quantized layer keeps its packed 4-bit weight and
+    scales in buffers, not parameters). Dense models: parameter_bytes(model)."""
+    seen = {id(p) for p in _unique_parameters(model)}
+    extra = {}
+    for m in model.modules():
+        if base_kind(m) is not None:
+            for b in m.buffers(recurse=False):
+                if id(b) not in seen:
+                    extra[id(b)] = tensor_bytes(b)
+    return parameter_bytes(model) + sum(extra.values())
 
 
 # --- training state: weights + gradients + optimizer state --------------------------------------
@@ -84,7 +107,7 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer | None) -> int:
 
 def training_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
     """Exact bytes of weights + gradients + optimizer state (see the module docstring)."""
-    weights = parameter_bytes(model)
+    weights = weights_bytes(model)
     grads = parameter_bytes(model, trainable_only=True)
     opt = optimizer_state_bytes(optimizer)
     return {"weights": weights, "gradients": grads, "optimizer": opt,
@@ -95,7 +118,7 @@ def adam_state_bytes_estimate(model: nn.Module) -> dict:
     """The same count before any step: Adam keeps two moments (exp_avg, exp_avg_sq) of each
     trainable parameter's dtype, plus a 4-byte fp32 `step` counter per parameter tensor."""
     trainable = [p for p in _unique_parameters(model) if p.requires_grad]
-    weights = parameter_bytes(model)
+    weights = weights_bytes(model)
     grads = parameter_bytes(model, trainable_only=True)
     opt = sum(2 * tensor_bytes(p) + 4 for p in trainable)
     return {"weights": weights, "gradients": grads, "optimizer": opt,
@@ -143,92 +166,7 @@ class SavedTensorMeter:
         self._ctx.__exit__(*exc)
 
 
-# --- process and device peaks ------------------------------------------------------------------
-
-def peak_memory_bytes(device: torch.device | str) -> int | None:
-    """The CUDA allocator's peak since the last reset; None off CUDA."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return None
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter of this process (Linux only); True if it worked."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process (Linux: VmHWM since the last reset_peak_rss;
-    elsewhere the lifetime peak from getrusage), in bytes."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-    import sys
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)
-
-
-def rss_bytes() -> int | None:
-    """Resident memory of this process now (Linux: VmRSS), in bytes; None where unknown."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-class PeakAboveBaseline:
-    """Measured peak memory of a phase, above the memory held when it starts.
-
-        meter = PeakAboveBaseline(device)   # baseline: now (e.g. right after the model loaded)
-        ... setup ...;  meter.sample()       # record the peak so far
-        ... training (fit resets the counters itself) ...;  meter.sample()
-        meter.peak                           # bytes above the baseline, the largest sample
-
-    CPU: the kernel's peak resident set size (VmHWM, reset at the start) minus the resident
-    size at the start: every byte the phase made resident, temporaries included. Honest only
-    in a fresh process: memory an earlier phase freed may be reused without being counted
-    (peftlab compare runs each method in its own process). CUDA: the allocator's peak
-    (max_memory_allocated) minus what was allocated at the start. Elsewhere: None.
-    """
-
-    def __init__(self, device: torch.device | str = "cpu"):
-        self.device = torch.device(device)
-        self.peak = None
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.baseline = torch.cuda.memory_allocated(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.kind = "CUDA allocator peak above the model-loaded baseline"
-        else:
-            self.baseline = rss_bytes() if reset_peak_rss() else None
-            self.kind = "peak RSS above the model-loaded baseline"
-
-    def sample(self) -> int | None:
-        if self.device.type == "cuda":
-            now = torch.cuda.max_memory_allocated(self.device)
-        elif self.baseline is not None:
-            now = peak_rss_bytes()
-        else:
-            return None
-        above = max(0, now - self.baseline)
-        self.peak = above if self.peak is None else max(self.peak, above)
-        return self.peak
-
+# --- process and device peaks: peftlab/memory.py (re-exported here) ----------------------------
 
 # --- time --------------------------------------------------------------------------------------
 

@@ -145,3 +145,28 @@ def test_the_prompt_record_lives_for_one_pass(tiny_bert):
     h.remove()
     assert seen[0].length == IDS.shape[1] + 3 and not seen[0].swap   # swapped, once
     assert model.prompt_encoder.call is None
+
+
+# --- no class changed at run time, anywhere in the library --------------------------------------
+
+CLASS_WRITES = (r"type\([^()]*\)\.\w+\s*=(?!=)",       # type(owner).forward = ...
+                r"\.__class__\s*=(?!=)",                # obj.__class__ = ...
+                r"__bases__",                           # reading a class's bases to find a method
+                r"setattr\(type\(")                     # setattr(type(obj), ...)
+
+
+def test_no_class_is_patched_at_run_time():
+    import re
+    hits = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}"
+            for p in sorted(ROOT.rglob("*.py"))
+            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+            if any(re.search(pat, line) for pat in CLASS_WRITES)]
+    assert hits == []
+
+
+def test_the_class_patch_grep_finds_what_it_looks_for():
+    import re
+    for line in ("type(owner).forward = sparse_forward", "mod.__class__ = type('X', (), {})",
+                 "base = type(self).__bases__[0]", "setattr(type(m), 'f', g)"):
+        assert any(re.search(pat, line) for pat in CLASS_WRITES), line
+    assert not any(re.search(pat, 'if type(e).__name__ == "Broken":') for pat in CLASS_WRITES)

@@ -1,4 +1,4 @@
-"""Per-example Fisher from one batched backward pass (core/per_example.py) equals the
+"""Per-example Fisher from one batched backward pass (selection/fisher.py) equals the
 single-example loop, and falls back to that loop where its assumptions do not hold."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftlab import selection as sel
-from peftlab.core import per_example as pe
+from peftlab.selection import fisher as pe
 
 
 def count_batched(monkeypatch) -> list:
@@ -149,7 +149,8 @@ def test_unsupported_models_take_the_loop(make, shape, monkeypatch):
 
 def test_plan_refuses_tied_and_unknown_layers(tiny_gpt2):
     names = sel.candidate_names(tiny_gpt2)
-    assert pe.plan(tiny_gpt2, names) is None          # wte is tied to lm_head
+    tied = pe.plan(tiny_gpt2, names)                  # wte is tied to lm_head: both are read
+    assert tied["transformer.wte"] == tied["lm_head"] == {"weight": "transformer.wte.weight"}
     conv = nn.Sequential(nn.Conv2d(1, 2, 3))
     assert pe.plan(conv, ["0.weight"]) is None
     lin = nn.Sequential(nn.Linear(2, 2))

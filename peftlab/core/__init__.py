@@ -7,7 +7,6 @@
     heads.py      the one rule for a model's output head (tied LM heads included)
     targets.py    target matching, module replacement, freezing, modules_to_save
     batches.py    what a batch is; forward and the default loss
-    per_example.py  per-example squared gradients from one batched backward pass (FISH's Fisher)
     hf.py         transformers helpers (attention implementation switching)
     methodspec.py what a method package declares once (its spec.py): MethodSpec, ...
     registry.py   the specs found (in-tree scan, entry points); pl.after_step / regularization

@@ -7,7 +7,8 @@ Shared by every method. Target matching rules (one list may mix them):
   "re:.*layer\\.[0-2]\\..*query"  a regular expression, matched against the full name
   re.compile(...)         the same, precompiled
   nn.Conv2d               a module type: every module of that type
-  "all-linear"            every nn.Linear (and GPT-2's Conv1D) except the output head
+  "all-linear"            every nn.Linear (and GPT-2's Conv1D, and any linear-family base
+                          layer registered in core/base.py) except the output head
 
 A target that matches nothing raises before anything changes and lists what exists.
 """
@@ -22,7 +23,8 @@ from torch import nn
 
 from peftlab.core.errors import AlreadyAdaptedError, TargetError
 from peftlab.core.heads import is_head
-from peftlab.core.layers import LINEAR_TYPES, AdapterLayer
+from peftlab.core.base import is_base
+from peftlab.core.layers import AdapterLayer
 
 Target = "str | type | re.Pattern"
 
@@ -44,7 +46,7 @@ def _matches(name: str, module: nn.Module, spec, model: nn.Module) -> bool:
         raise TargetError(f"Target {spec!r} is neither a name, a 're:' pattern, a compiled "
                           f"regex, a module type nor 'all-linear'.")
     if spec == "all-linear":
-        return isinstance(module, LINEAR_TYPES) and not is_head(name, model)
+        return is_base(module, "linear") and not is_head(name, model)
     if spec.startswith("re:"):
         try:
             return re.fullmatch(spec[3:], name) is not None

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftlab.exercises._common import CheckResult, call, close, compare, verdict
-from peftlab.selection.selection import compute_scores, make_masks
+from peftlab.selection.scores import compute_scores
+from peftlab.selection.selection import make_masks
 
 
 def check_topk_mask(fn: Callable, quiet: bool = False) -> CheckResult:

@@ -3,10 +3,13 @@
     lora.py     the layers: y = W x + b + scale * B A x  (Linear, Conv1D, Conv2d, Embedding)
     surgery.py  the surgery: plan, apply, merge, unmerge, unload; spectra of the updates
     format.py   saving / loading and the Hugging Face PEFT format
-    named.py    several named adapters on one base, mixed-adapter batches
+    named.py    several named adapters on one base, mixed-adapter batches (heads.py: their
+                heads; routing.py: the per-layer routing)
+    fused.py    the fused fast path; variants.py: the LoRA variant seam (DoRA, VeRA, ...)
 
     cfg = pl.lora.LoraConfig(r=8, alpha=16, targets=["query", "value"])
-    pl.lora.apply(model, cfg); pl.lora.merge(model); pl.lora.unmerge(model); pl.lora.unload(model, merge=True)
+    pl.lora.apply(model, cfg); pl.lora.merge(model); pl.lora.unmerge(model)
+    pl.lora.unload(model, merge=True)    # merged and plain; unload(model): the base back
 """
 
 from peftlab.lora.format import (
@@ -16,6 +19,7 @@ from peftlab.lora.format import (
     load_adapter_state,
     to_hf_peft,
 )
+from peftlab.lora.heads import HeadBank
 from peftlab.lora.lora import (
     SUPPORTED,
     LoraConv2d,
@@ -28,7 +32,6 @@ from peftlab.lora.lora import (
     max_rank,
 )
 from peftlab.lora.named import (
-    HeadBank,
     active_adapter,
     adapter_names,
     delete_adapter,

@@ -66,6 +66,10 @@ def to_hf_peft(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
     Per-layer ranks and alphas (AdaLoRA's to_lora) go to rank_pattern / alpha_pattern, keyed
     by full module name, only where they differ from r / lora_alpha."""
     cfg: LoraConfig = get_config(model)
+    if cfg.variant != "lora":
+        raise AdapterError(f"This LoRA uses the variant {cfg.variant!r}, which peftlab cannot "
+                           f"write in the Hugging Face PEFT format (plain LoRA only); save it "
+                           f"with format='peftlab'.")
     layers = lora_layers(model)
     rank_pattern = {n: m.r for n, m in layers.items() if m.r != cfg.r}
     alpha_pattern = {n: m.alpha for n, m in layers.items() if m.alpha != cfg.alpha}

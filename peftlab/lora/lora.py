@@ -10,11 +10,10 @@
 
 On fp16 / bf16 bases A and B stay fp32 and the update is cast back (as HF PEFT does).
 
-Named adapters on one base (pl.load_adapter(model, path, name=...)): the first adapter keeps
-its tensors on the layer itself (lora_A / lora_B: state_dict keys, saved files and the HF PEFT
-layout exactly as with one adapter); each further one is a LoraParts in the ModuleDict
-`others`. `active` names the adapter forward adds (None: base only); `rows` (set by
-pl.lora.named.route) names one per batch row: one forward pass serves mixed adapters.
+The pieces beside this file: the fused fast path (lora/fused.py), named adapters and mixed
+batches (lora/routing.py), variants of LoRA such as DoRA (lora/variants.py: how the update is
+parametrised, added, merged and saved), and the base layers LoRA can wrap, read and merge into
+(peftlab/core/base.py: nn.Linear, Conv1D, Conv2d, Embedding, and any kind registered there).
 
 Names and initialisation follow Hugging Face PEFT (lora_A / lora_B, lora_embedding_A / _B,
 `base_layer`): state dicts map one to one, adapters load there (and back) with equal outputs.
@@ -28,28 +27,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peftlab.core.base import base_kind, base_weight
 from peftlab.core.layers import AdapterLayer, Conv1D, adapter_dtype, is_conv1d
-from peftlab.core.lowrank import can_fuse, lowrank_linear
+from peftlab.lora import variants
+from peftlab.lora.fused import fused
+from peftlab.lora.routing import LoraParts, NamedAdapters, routed  # noqa: F401 (LoraParts: API)
+from peftlab.lora.variants import lora_scale
 
+# the built-in base layers; any kind registered in peftlab/core/base.py is wrapped as well
 SUPPORTED: tuple[type, ...] = tuple(t for t in (nn.Linear, nn.Conv2d, nn.Embedding, Conv1D) if t)
-
-
-def lora_scale(alpha: float, r: int, rslora: bool = False) -> float:
-    """alpha / r (Hu et al.), or alpha / sqrt(r) (rsLoRA: keeps large-r updates from fading)."""
-    return alpha / math.sqrt(r) if rslora else alpha / r
+WRAPS = {"linear": "LoraLinear", "conv2d": "LoraConv2d", "embedding": "LoraEmbedding"}
 
 
 def dims(module: nn.Module) -> tuple[int, int]:
     """(d_in, d_out) of a supported layer; for Conv2d d_in counts the kernel: in * kh * kw."""
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
-    if isinstance(module, nn.Conv2d):
+    kind = base_kind(module)
+    if kind is None:
+        raise TypeError(f"LoRA cannot wrap {type(module).__name__}.")
+    if kind.family == "conv2d":
         return module.in_channels * math.prod(module.kernel_size), module.out_channels
-    if isinstance(module, nn.Embedding):
-        return module.num_embeddings, module.embedding_dim
-    if is_conv1d(module):                      # GPT-2: weight stored as (d_in, d_out)
-        return module.weight.shape[0], module.weight.shape[1]
-    raise TypeError(f"LoRA cannot wrap {type(module).__name__}.")
+    return kind.dims(module)
 
 
 def max_rank(module: nn.Module) -> int:
@@ -57,105 +54,46 @@ def max_rank(module: nn.Module) -> int:
     return min(dims(module))
 
 
-class LoraParts(nn.Module):
-    """The tensors of one named adapter beside the first: lora_A, lora_B (and lora_dropout)
-    with its own r, alpha and scale. The first adapter keeps the same attributes on the layer
-    itself, so each layer's math reads `p.lora_A`, `p.scale` with p = the layer or a LoraParts."""
-
-    def __init__(self, r: int, alpha: float, rslora: bool = False):
-        super().__init__()
-        self.r, self.alpha, self.scale = r, alpha, lora_scale(alpha, r, rslora)
-
-    extra_repr = lambda self: f"r={self.r}, alpha={self.alpha}, scale={self.scale:g}"
-
-
-class LoraLayer(AdapterLayer):
-    """Common part: r, alpha, scale, the `merged` flag, merge/unmerge on the base weight, and
-    the named adapters (see the module docstring)."""
+class LoraLayer(NamedAdapters, AdapterLayer):
+    """Common part: r, alpha, scale, the variant, the `merged` flag, merge/unmerge on the
+    base weight (through the base-layer seam, peftlab/core/base.py), and the named adapters
+    (peftlab/lora/routing.py). Each layer defines the formula: _build(p, r, dropout),
+    _update(p, x) = scale * B(A(dropout(x))) and _delta(p) = scale * B @ A (canonical layout)."""
 
     method = "lora"
 
-    def __init__(self, base_layer: nn.Module, r: int, alpha: float, rslora: bool = False):
+    def __init__(self, base_layer: nn.Module, r: int, alpha: float, rslora: bool = False,
+                 variant: str = "lora"):
         super().__init__()
+        variants.get(variant)                   # an unknown name raises before anything
         self.base_layer = base_layer
         self.r, self.alpha, self.scale = r, alpha, lora_scale(alpha, r, rslora)
-        self.merged = False   # True while scale * B @ A sits inside base_layer.weight
+        self.variant = variant                  # a name in peftlab/lora/variants.py
+        self.merged = False   # True while the update sits inside the base weight
         self.primary = "default"       # the name of the adapter held on the layer itself
         self.active: str | None = "default"   # the adapter forward adds; None: base only
         self.rows: list | None = None  # one adapter name per batch row (mixed batches)
 
-    # --- named adapters ------------------------------------------------------------------
-    def adapter_names(self) -> list[str]:
-        others = self._modules.get("others")
-        return [self.primary, *(others.keys() if others is not None else [])]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """y = base(x) + scale * B(A(dropout(x))), the formula of _update, as the variant adds
+        it; named adapters routed per row (LoraLinear first tries the fused step)."""
+        y = self.base_layer(x)                                      # (..., d_out)
+        if self.merged:
+            self._check_merged_forward()
+            return y
+        if self.rows is not None or self.active != self.primary:
+            return routed(self, x, y)                               # lora/routing.py
+        return self.add_update(self, x, y)                          # y + scale * B A x
 
-    def parts(self, name: str) -> nn.Module:
-        """The holder of adapter `name`'s tensors: the layer itself for the first adapter."""
-        if name == self.primary:
-            return self
-        others = self._modules.get("others")
-        if others is None or name not in others:
-            raise KeyError(f"{name!r} is not an adapter of this layer "
-                           f"(it has {self.adapter_names()}).")
-        return others[name]
-
-    def make_parts(self, r: int, alpha: float, dropout: float = 0.0,
-                   rslora: bool = False) -> LoraParts:
-        """A new holder of A, B (frozen: for inference); add_adapter(name, parts) puts it in."""
-        p = LoraParts(r, alpha, rslora)
-        self._build(p, r, dropout)
-        return p.requires_grad_(False)
-
-    def add_adapter(self, name: str, parts: LoraParts) -> None:
-        if name == self.primary:
-            raise ValueError(f"{name!r} is the adapter held on the layer itself.")
-        if "others" not in self._modules:
-            self.others = nn.ModuleDict()
-        self.others[name] = parts              # replaces an adapter of that name
-
-    def remove_adapter(self, name: str) -> None:
-        if name == self.primary:
-            raise ValueError(f"{name!r} is held on the layer itself and cannot be removed alone.")
-        self.parts(name)                          # KeyError naming the adapters if unknown
-        del self.others[name]
-        if not len(self.others):
-            del self.others
-
-    def _added(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
-        """What the adapters add to y = base(x): the active adapter's update, or with `rows` set
-        row i gets adapter rows[i]'s (None / an adapter not on this layer: nothing). Rows are
-        gathered per adapter, so each row's numbers are those it would get alone."""
-        names = self.adapter_names()
-        if self.rows is None:
-            if self.active not in names:
-                return None
-            return self._update(self.parts(self.active), x).to(y.dtype)
-        if len(self.rows) != x.shape[0]:
-            raise ValueError(f"{len(self.rows)} adapter names for a batch of {x.shape[0]} rows: "
-                             f"give one adapter name per input.")
-        out = torch.zeros_like(y)
-        for name in dict.fromkeys(self.rows):
-            if name not in names:
-                continue
-            idx = torch.tensor([i for i, n in enumerate(self.rows) if n == name],
-                               device=x.device)
-            upd = self._update(self.parts(name), x.index_select(0, idx))
-            out = out.index_copy(0, idx, upd.to(y.dtype))
-        return out
+    def add_update(self, p: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The output with adapter `p` (the layer or a LoraParts) added to y = base(x), as this
+        layer's variant adds it (plain LoRA: y + _update(p, x))."""
+        return variants.get(self.variant).update(self, p, x, y)
 
     def _check_merged_forward(self) -> None:
         if self.rows is not None:
             raise RuntimeError("A merged LoRA layer cannot serve a mixed-adapter batch (its "
                                "weight holds one adapter): call pl.lora.unmerge(model) first.")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Linear and Conv2d: y = base(x) + what the adapters add (nothing once merged)."""
-        y = self.base_layer(x)                                      # (..., d_out)
-        if self.merged:
-            self._check_merged_forward()
-            return y
-        add = self._added(x, y)
-        return y if add is None else y + add
 
     @staticmethod
     def count(module: nn.Module, r: int) -> int:
@@ -164,23 +102,25 @@ class LoraLayer(AdapterLayer):
         return r * (d_in + d_out)
 
     def delta_weight(self, name: str | None = None) -> torch.Tensor:
-        """scale * B @ A of adapter `name` (default: the first), in the base weight's shape."""
-        return self._delta(self.parts(name or self.primary))
+        """W' - W of adapter `name` (default: the first; plain LoRA: scale * B @ A), in the
+        layout the base layer stores its weight (Conv1D: (d_in, d_out))."""
+        d = variants.get(self.variant).delta(self, self.parts(name or self.primary))
+        return d.T if base_kind(self.base_layer).transposed else d
 
-    # each layer defines _build(p, r, dropout), _update(p, x) and _delta(p)
-
-    def _delta_for_merge(self) -> torch.Tensor:
-        w = self.base_layer.weight
+    def _merge_delta(self, unmerge: bool = False) -> torch.Tensor:
+        """The canonical W' - W of the adapter being merged (zeros where it has no tensors);
+        unmerge=True: computed from the merged weight (variants.py unmerge_delta)."""
         name = self.__dict__.get("_merged_name", self.primary)
         if name not in self.adapter_names():     # the adapter does not target this layer
-            return torch.zeros_like(w)
-        return self.delta_weight(name).to(w.dtype)
+            return torch.zeros_like(base_weight(self.base_layer))
+        v = variants.get(self.variant)
+        return (v.unmerge_delta if unmerge else v.delta)(self, self.parts(name))
 
     @torch.no_grad()
     def merge(self, untie: bool = False) -> None:
-        """W <- W + scale * B @ A of the active adapter; forward then skips A and B. A no-op
-        when merged. untie=True (W tied to another module, e.g. GPT-2's wte and lm_head): the
-        layer gets its own merged copy and the shared W stays as it was for the other module;
+        """W <- W + delta of the active adapter; forward then skips A and B. A no-op when
+        merged. untie=True (W tied to another module, e.g. GPT-2's wte and lm_head): the layer
+        gets its own merged copy and the shared W stays as it was for the other module;
         unmerge() puts the shared tensor back (tie restored, bit for bit)."""
         if self.merged:
             return
@@ -188,26 +128,28 @@ class LoraLayer(AdapterLayer):
             raise RuntimeError("Adapters are disabled (pl.disable_adapters): there is no "
                                "adapter to merge. Merge outside the `with` block.")
         self.__dict__["_merged_name"] = self.active
-        w = self.base_layer.weight
-        if untie:
+        kind = base_kind(self.base_layer)
+        if untie:                                 # tied weights are dense: a merged copy
+            w = self.base_layer.weight
+            d = self._merge_delta()
             self.__dict__["_tied_weight"] = w     # a plain attribute: not registered twice
-            self.base_layer.weight = nn.Parameter(w.detach() + self._delta_for_merge(),
-                                                  requires_grad=False)
+            self.base_layer.weight = nn.Parameter(
+                w.detach() + (d.T if kind.transposed else d).to(w.dtype), requires_grad=False)
         else:
-            w.add_(self._delta_for_merge())
+            kind.add_(self.base_layer, self._merge_delta())
         self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """W <- W - scale * B @ A (or the tied tensor back after an untying merge); a no-op
-        when not merged."""
+        """W <- W - delta (or the tied tensor back after an untying merge); a no-op when not
+        merged."""
         if not self.merged:
             return
         tied = self.__dict__.pop("_tied_weight", None)
         if tied is not None:
             self.base_layer.weight = tied
         else:
-            self.base_layer.weight.sub_(self._delta_for_merge())
+            base_kind(self.base_layer).add_(self.base_layer, -self._merge_delta(unmerge=True))
         self.__dict__.pop("_merged_name", None)
         self.merged = False
 
@@ -215,7 +157,8 @@ class LoraLayer(AdapterLayer):
     untied = property(lambda self: "_tied_weight" in self.__dict__)
 
     def extra_repr(self) -> str:
-        return f"r={self.r}, alpha={self.alpha}, scale={self.scale:g}, merged={self.merged}"
+        v = "" if self.variant == "lora" else f", variant={self.variant}"
+        return f"r={self.r}, alpha={self.alpha}, scale={self.scale:g}{v}, merged={self.merged}"
 
 
 def _kaiming(weight: torch.Tensor) -> None:
@@ -227,29 +170,24 @@ class LoraLinear(LoraLayer):
     """y = base(x) + scale * B(A(dropout(x)))
 
     x: (..., d_in) -> y: (..., d_out); A: (r, d_in), B: (d_out, r).
-    delta_weight = scale * B @ A, (d_out, d_in); transposed to (d_in, d_out) for Conv1D.
+    delta = scale * B @ A, (d_out, d_in) (delta_weight: transposed to (d_in, d_out) for Conv1D).
     """
 
     def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float = 0.0,
-                 rslora: bool = False):
-        super().__init__(base_layer, r, alpha, rslora)
+                 rslora: bool = False, variant: str = "lora"):
+        super().__init__(base_layer, r, alpha, rslora, variant)
         self.fan_in_fan_out = is_conv1d(base_layer)
         self._build(self, r, dropout)
+        variants.get(variant).build(self, self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The fused step (core/lowrank.py) when that is all there is to do: the first
-        adapter active, no dropout to apply, nothing to cast; LoraLayer.forward otherwise."""
-        b = self.base_layer
-        if self.active != self.primary or self.merged or self.rows is not None or \
-                (self.training and isinstance(self.lora_dropout, nn.Dropout)) or \
-                not can_fuse(b, x, self.lora_A.weight):
-            return super().forward(x)
-        return lowrank_linear(x, b.weight, b.bias, self.lora_A.weight, self.lora_B.weight,
-                              self.scale, self.fan_in_fan_out)
+        """The fused step (lora/fused.py) when that is all there is to do; else the formula."""
+        fast = fused(self, x)
+        return fast if fast is not None else super().forward(x)
 
     def _build(self, p: nn.Module, r: int, dropout: float) -> None:
         d_in, d_out = dims(self.base_layer)
-        w = self.base_layer.weight
+        w = base_weight(self.base_layer)
         p.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         dt = adapter_dtype(w)
         p.lora_A = nn.Linear(d_in, r, bias=False, device=w.device, dtype=dt)
@@ -262,8 +200,7 @@ class LoraLinear(LoraLayer):
         return p.lora_B(p.lora_A(p.lora_dropout(x))) * p.scale      # (..., d_out)
 
     def _delta(self, p: nn.Module) -> torch.Tensor:
-        d = (p.lora_B.weight.float() @ p.lora_A.weight.float()) * p.scale   # (d_out, d_in)
-        return d.T if self.fan_in_fan_out else d
+        return (p.lora_B.weight.float() @ p.lora_A.weight.float()) * p.scale   # (d_out, d_in)
 
 
 class LoraConv2d(LoraLayer):
@@ -274,12 +211,13 @@ class LoraConv2d(LoraLayer):
     (C_out, r, 1, 1). delta_weight[o, i, u, v] = scale * sum_k B[o, k] A[k, i, u, v]."""
 
     def __init__(self, base_layer: nn.Conv2d, r: int, alpha: float, dropout: float = 0.0,
-                 rslora: bool = False):
-        super().__init__(base_layer, r, alpha, rslora)
+                 rslora: bool = False, variant: str = "lora"):
+        super().__init__(base_layer, r, alpha, rslora, variant)
         self._build(self, r, dropout)
+        variants.get(variant).build(self, self)
 
     def _build(self, p: nn.Module, r: int, dropout: float) -> None:
-        b, w = self.base_layer, self.base_layer.weight
+        b, w = self.base_layer, base_weight(self.base_layer)
         p.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         dt = adapter_dtype(w)
         p.lora_A = nn.Conv2d(b.in_channels, r, b.kernel_size, b.stride, b.padding, b.dilation,
@@ -310,12 +248,14 @@ class LoraEmbedding(LoraLayer):
     lookup then renormalises those rows of W in place.
     """
 
-    def __init__(self, base_layer: nn.Embedding, r: int, alpha: float, rslora: bool = False):
-        super().__init__(base_layer, r, alpha, rslora)
+    def __init__(self, base_layer: nn.Embedding, r: int, alpha: float, rslora: bool = False,
+                 variant: str = "lora"):
+        super().__init__(base_layer, r, alpha, rslora, variant)
         self._build(self, r, 0.0)
+        variants.get(variant).build(self, self)
 
     def _build(self, p: nn.Module, r: int, dropout: float) -> None:
-        w = self.base_layer.weight
+        w = base_weight(self.base_layer)
         n, dim = self.base_layer.num_embeddings, self.base_layer.embedding_dim
         dt = adapter_dtype(w)
         p.lora_embedding_A = nn.Parameter(torch.zeros(r, n, device=w.device, dtype=dt))
@@ -332,8 +272,7 @@ class LoraEmbedding(LoraLayer):
         else:                        # look up without the in-place renorm; renorm the sum below
             y = F.embedding(ids, b.weight, b.padding_idx, None, b.norm_type,
                             b.scale_grad_by_freq, b.sparse)
-        add = self._added(ids, y)
-        out = y if add is None else y + add
+        out = routed(self, ids, y)            # y + scale * A.T[ids] B.T (or each row's adapter)
         if b.max_norm is not None:   # as torch.embedding_renorm_: rows above max_norm scaled down
             norm = out.norm(p=b.norm_type, dim=-1, keepdim=True)
             out = out * torch.where(norm > b.max_norm, b.max_norm / (norm + 1e-7), 1.0)

@@ -26,53 +26,25 @@ adapter's head stays (a base model with an untrained head predicts nothing usefu
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
-import functools
 import math
 
 import torch
 from torch import nn
 
 from peftlab.core.errors import AdapterError
-from peftlab.core.state import get_config, get_method, method_state
+from peftlab.core.state import get_config, get_method
 from peftlab.io.files import check_state
+from peftlab.lora.heads import (
+    bank_of,
+    check_labels,
+    clone_head,
+    install_bank,
+    key_of,
+)
 from peftlab.lora.lora import LoraLayer
 from peftlab.lora.surgery import lora_layers
 from peftlab.lora.surgery import unload as _unload
-
-HEADS_ATTR = "peftlab_heads"
-
-
-class HeadBank(nn.Module):
-    """The heads of the adapters after the first: banks[adapter][head key] = a copy of the
-    head with that adapter's weights. `active` / `rows` mirror the LoRA layers'."""
-
-    def __init__(self):
-        super().__init__()
-        self.banks = nn.ModuleDict()
-        self.active: str | None = None
-        self.rows: list | None = None
-
-    def hook(self, key: str, module: nn.Module, args: tuple, output):
-        """Forward hook on the model's head `key`: its output, with the rows of adapters that
-        have their own head recomputed by that head."""
-        if self.rows is None:
-            bank = self.banks[self.active] if self.active in self.banks else None  # noqa: SIM401
-            return bank[key](*args) if bank is not None else None
-        out = output
-        for name in dict.fromkeys(self.rows):
-            if name not in self.banks:
-                continue
-            idx = torch.tensor([i for i, n in enumerate(self.rows) if n == name],
-                               device=out.device)
-            part = self.banks[name][key](*(a.index_select(0, idx) for a in args))
-            out = out.index_copy(0, idx, part.to(out.dtype))
-        return out
-
-
-def _key(head: str) -> str:
-    return head.replace(".", "__")          # ModuleDict keys cannot hold dots
 
 
 def _layers(model: nn.Module, what: str) -> dict[str, LoraLayer]:
@@ -82,10 +54,6 @@ def _layers(model: nn.Module, what: str) -> dict[str, LoraLayer]:
         raise AdapterError(f"Cannot {what}: named adapters are implemented for LoRA (and "
                            f"AdaLoRA after pl.adalora.to_lora); this model {have}.")
     return lora_layers(model)
-
-
-def _bank(model: nn.Module) -> HeadBank | None:
-    return model._modules.get(HEADS_ATTR)
 
 
 def adapter_names(model: nn.Module) -> list[str]:
@@ -125,8 +93,8 @@ def set_adapter(model: nn.Module, name: str) -> nn.Module:
                            f"pl.lora.unmerge(model) before switching adapters.")
     for layer in layers.values():
         layer.active = name
-    if _bank(model) is not None:
-        _bank(model).active = name
+    if bank_of(model) is not None:
+        bank_of(model).active = name
     return model
 
 
@@ -139,7 +107,7 @@ def disable_adapters(model: nn.Module):
         raise AdapterError("The LoRA adapter is merged into the base weights, so it cannot be "
                            "switched off: call pl.lora.unmerge(model) first.")
     before = {n: m.active for n, m in layers.items()}
-    bank = _bank(model)
+    bank = bank_of(model)
     was = bank.active if bank is not None else None
     for m in layers.values():
         m.active = None
@@ -165,7 +133,7 @@ def route(model: nn.Module, names: list):
     if any(m.merged for m in layers.values()):
         raise AdapterError("A merged model holds one adapter in its weights: call "
                            "pl.lora.unmerge(model) before mixed-adapter batches.")
-    bank = _bank(model)
+    bank = bank_of(model)
     for m in layers.values():
         m.rows = names
     if bank is not None:
@@ -199,7 +167,7 @@ def delete_adapter(model: nn.Module, name: str) -> nn.Module:
             m.remove_adapter(name)
         if m.active == name:
             m.active = names[0]
-    bank = _bank(model)
+    bank = bank_of(model)
     if bank is not None and name in bank.banks:
         del bank.banks[name]
         if bank.active == name:
@@ -229,9 +197,9 @@ def named_adapter(model: nn.Module, name: str) -> tuple:
         rslora = first.rslora if p.r == 1 else not math.isclose(p.scale, p.alpha / p.r)
         if isinstance(getattr(p, "lora_dropout", None), nn.Dropout):
             dropout = p.lora_dropout.p
-    bank = _bank(model)
+    bank = bank_of(model)
     for head in first.modules_to_save or []:
-        module = bank.banks[name][_key(head)] if bank is not None and name in bank.banks \
+        module = bank.banks[name][key_of(head)] if bank is not None and name in bank.banks \
             else model.get_submodule(head)
         for k, v in module.state_dict().items():
             tensors[f"{head}.{k}"] = v.detach()
@@ -289,18 +257,18 @@ def load_named(model: nn.Module, name: str, config, tensors: dict, label_names=N
     bank_entry = nn.ModuleDict()
     for head in have_heads:
         module = model.get_submodule(head)
-        copy = _clone(module)
+        copy = clone_head(module)
         expected = {f"{head}.{k}": v for k, v in copy.state_dict().items()}
         check_state(expected, {k: v for k, v in heads.items() if k.startswith(head + ".")})
         with torch.no_grad():
             for k, v in copy.state_dict(keep_vars=True).items():
                 v.copy_(heads[f"{head}.{k}"].to(v.dtype))
-        bank_entry[_key(head)] = copy.requires_grad_(False)
+        bank_entry[key_of(head)] = copy.requires_grad_(False)
     extra = sorted(set(heads) - {k for h in have_heads for k in heads if k.startswith(h + ".")})
     if extra:
         raise AdapterError(f"{where} trains {extra[0]}, which the model's first adapter does "
                            f"not (its modules_to_save are {have_heads}).")
-    _check_labels(model, label_names, where)
+    check_labels(model, label_names, where)
     # checked: now change the model
     first = adapter_names(model)[0]
     for t, layer in layers.items():
@@ -311,35 +279,8 @@ def load_named(model: nn.Module, name: str, config, tensors: dict, label_names=N
             if layer.active == name:
                 layer.active = first
     if have_heads:
-        _install_bank(model, have_heads)
-        _bank(model).banks[name] = bank_entry
+        install_bank(model, have_heads)
+        bank_of(model).banks[name] = bank_entry
     return model
 
 
-def _clone(module: nn.Module) -> nn.Module:
-    clone = copy.deepcopy(module)
-    clone._forward_hooks.clear()
-    return clone
-
-
-def _check_labels(model: nn.Module, label_names, where: str) -> None:
-    cfg = getattr(model, "config", None)
-    id2label = getattr(cfg, "id2label", None) or {}
-    have = [id2label[i] for i in sorted(id2label)]
-    if label_names and have and not all(str(h).startswith("LABEL_") for h in have) \
-            and list(label_names) != have:
-        raise AdapterError(f"{where} predicts the classes {label_names}, the model's first "
-                           f"adapter {have}: adapters on one base must share their classes.")
-
-
-def _install_bank(model: nn.Module, heads: list[str]) -> None:
-    """Create model.peftlab_heads and hook each head once."""
-    if _bank(model) is not None:
-        return
-    bank = HeadBank()
-    bank.active = next(iter(lora_layers(model).values())).active
-    model.add_module(HEADS_ATTR, bank)
-    state = method_state(model)
-    for head in heads:
-        state.hooks.append(model.get_submodule(head).register_forward_hook(
-            functools.partial(bank.hook, _key(head))))

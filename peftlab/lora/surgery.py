@@ -36,10 +36,12 @@ import torch
 from torch import nn
 
 from peftlab.core.adapt import Plan, adapt, heads_for
+from peftlab.core.base import base_kind
 from peftlab.core.errors import TargetError
 from peftlab.core.layers import tied_parameter_ids
 from peftlab.core.state import restore, unmark
 from peftlab.core.targets import find_targets, replace_module
+from peftlab.lora import variants as lora_variants
 from peftlab.lora.lora import (
     SUPPORTED,
     LoraConv2d,
@@ -67,6 +69,8 @@ class LoraConfig:
     rslora: scale = alpha / sqrt(r) instead: keeps updates from fading at high r.
     rank_pattern / alpha_pattern: per-module rank / alpha, {name or name suffix: value} (as
         HF PEFT's); modules not listed use r / alpha. AdaLoRA's to_lora writes these.
+    variant: "lora", or the name of a registered LoRA variant (peftlab/lora/variants.py): how
+        the update is parametrised, added to the output, merged and saved.
     """
 
     method = "lora"
@@ -78,8 +82,10 @@ class LoraConfig:
     rslora: bool = False
     rank_pattern: dict = field(default_factory=dict)
     alpha_pattern: dict = field(default_factory=dict)
+    variant: str = "lora"
 
     def __post_init__(self):
+        lora_variants.get(self.variant)          # ValueError naming the known variants
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
             raise ValueError(f"LoraConfig.r must be a positive int (the rank), got {self.r!r}.")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) \
@@ -132,10 +138,16 @@ def plan(model: nn.Module, config: LoraConfig) -> tuple[list[tuple[str, nn.Modul
     Changes nothing; raises TargetError for a target that matches nothing or a module LoRA
     cannot wrap, and ValueError for a rank the layer cannot hold.
     """
-    names = find_targets(model, config.targets, allowed=SUPPORTED, method="LoRA")
+    names = find_targets(model, config.targets, method="LoRA")
     rows = []
     for name in names:
         module = model.get_submodule(name)
+        if base_kind(module) is None:
+            kinds = ", ".join(t.__name__ for t in SUPPORTED)
+            raise TargetError(f"LoRA can wrap {kinds} modules (and base layers registered in "
+                              f"peftlab/core/base.py), but target {name} is a "
+                              f"{type(module).__name__}. Pick narrower targets (e.g. a suffix "
+                              f"like 'query', or a type).")
         if isinstance(module, nn.Conv2d) and module.groups != 1:
             raise TargetError(f"LoRA supports Conv2d with groups=1 only; {name} has groups="
                               f"{module.groups}. Leave it out of the targets.")
@@ -171,10 +183,13 @@ def count_parameters(model: nn.Module, config: LoraConfig,
 # --- apply / merge / unmerge / unload -------------------------------------------------------
 
 def _wrap(name: str, module: nn.Module, config: LoraConfig) -> LoraLayer:
-    kw = {"r": config.rank_of(name), "alpha": config.alpha_of(name), "rslora": config.rslora}
-    if isinstance(module, nn.Embedding):
+    """The LoRA layer for the base layer's family (peftlab/core/base.py)."""
+    kw = {"r": config.rank_of(name), "alpha": config.alpha_of(name), "rslora": config.rslora,
+          "variant": config.variant}
+    family = base_kind(module).family
+    if family == "embedding":
         return LoraEmbedding(module, **kw)
-    if isinstance(module, nn.Conv2d):
+    if family == "conv2d":
         return LoraConv2d(module, dropout=config.dropout, **kw)
     return LoraLinear(module, dropout=config.dropout, **kw)
 
@@ -224,7 +239,7 @@ def merge(model: nn.Module, unload: bool = False) -> nn.Module:
     layers = _layers_or_raise(model, "merge")
     tied = tied_parameter_ids(model)
     for layer in layers.values():
-        layer.merge(untie=id(layer.base_layer.weight) in tied)
+        layer.merge(untie=id(getattr(layer.base_layer, "weight", None)) in tied)
     return _unload(model, merge=True) if unload else model
 
 
@@ -252,7 +267,7 @@ def unload(model: nn.Module, merge: bool = False) -> nn.Module:
     if merge:
         tied = tied_parameter_ids(model)
         for layer in layers.values():
-            layer.merge(untie=id(layer.base_layer.weight) in tied)
+            layer.merge(untie=id(getattr(layer.base_layer, "weight", None)) in tied)
         if any(layer.untied for layer in layers.values()):
             _untie_config(model)
     else:

@@ -13,7 +13,7 @@ from torch import nn
 from peftlab.core.errors import AdapterError
 from peftlab.core.adapt import Plan, adapt, heads_for
 from peftlab.io.files import check_state
-from peftlab.selection.surgery import SelectionConfig, _dense_names, _install, sparse_layers
+from peftlab.selection.surgery import SelectionConfig, _dense_params, _install, sparse_layers
 
 SUFFIXES = (".sparse_indices", ".sparse_values", ".sparse_shape")
 
@@ -26,9 +26,8 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         out[n + ".sparse_indices"] = d.indices.detach()
         out[n + ".sparse_values"] = d.values.detach()
         out[n + ".sparse_shape"] = torch.tensor(d.shape, dtype=torch.long)
-    params = dict(model.named_parameters())
-    for n in _dense_names(model):
-        out[n] = params[n].detach()
+    for n, p in _dense_params(model).items():
+        out[n] = p.detach()
     return out
 
 
@@ -93,11 +92,10 @@ def load_adapter_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> No
         if not torch.equal(d.indices.cpu(), tensors[n + ".sparse_indices"].long().cpu()):
             raise AdapterError(f"{n}: the adapter selects other entries than this model's "
                                f"selection; load it onto a plain base model instead.")
-    params = dict(model.named_parameters())
     with torch.no_grad():
         for n, d in sparse_layers(model).items():
             d.values.copy_(tensors[n + ".sparse_values"].to(d.values.dtype))
-        for n in _dense_names(model):
-            params[n].copy_(tensors[n].to(params[n].dtype))
+        for n, p in _dense_params(model).items():
+            p.copy_(tensors[n].to(p.dtype))
 
 

@@ -16,25 +16,21 @@ gradient g_b = dL_b/dw, or N single examples i with gradient g_i):
     "sensitivity"  |w * (1/M) sum_b g_b|             first-order Taylor estimate of the loss
                                                       change if w were set to 0
 
-These functions only read the model: weights, buffers (BatchNorm running statistics),
-requires_grad flags, .grad, every module's train/eval mode and the global RNG are all as they
-were afterwards. They are plain functions so widgets and
-notebooks can call them (pl.selection re-exports them). The update itself, W + scatter(values)
-in storage and in compute, is selection/sparse.py.
+Computing them (running the model on a few batches, one backward pass per example or one
+batched pass for all) is selection/scores.py compute_scores; the masks and the summary below
+need no model at all. They are plain functions so widgets and notebooks can call them
+(pl.selection re-exports them). The update itself, W + scatter(values) in storage and in
+compute, is selection/sparse.py.
 """
 
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 from torch import nn
-
-from peftlab.core.batches import loss_fn as cross_entropy_loss
-from peftlab.core import per_example as batched_fisher
 
 KINDS = ("fisher", "grad", "sensitivity")
 GRANULARITIES = ("global", "row", "tensor")
@@ -64,131 +60,6 @@ def candidate_names(model: nn.Module, targets=None, exclude: Iterable[str] = ())
     for n in (canon[n] for n in names):
         if n not in excluded and n not in out:
             out.append(n)
-    return out
-
-
-def _examples(batch) -> list:
-    """Split a batch (dict of tensors, or (inputs, labels)) into batches of one example."""
-    if isinstance(batch, dict):
-        n = next(v for v in batch.values() if torch.is_tensor(v)).shape[0]
-        return [{k: v[i:i + 1] if torch.is_tensor(v) else v for k, v in batch.items()}
-                for i in range(n)]
-    x, y = batch
-    return [(x[i:i + 1], y[i:i + 1]) for i in range(y.shape[0])]
-
-
-# --- scores ----------------------------------------------------------------------------------
-
-@torch.no_grad()
-def _restore(params, flags, grads):
-    for p, f, g in zip(params, flags, grads):
-        p.requires_grad_(f)
-        p.grad = g
-
-
-def _batched_if_exact(model, layers, loss_fn, batch, names, params):
-    """`layers` when the batched per-example Fisher matches single-example passes on the
-    batch's first two examples (dropout off), else None (with a warning when they differ)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        ok = batched_fisher.agrees_with_loop(model, layers, loss_fn, _examples(batch)[:2],
-                                             dict(zip(names, params)))
-    except batched_fisher.Unsupported:
-        return None
-    finally:
-        for m, mode in modes:
-            m.training = mode
-    if not ok:
-        warnings.warn("compute_scores: the batched per-example Fisher differs from single-example "
-                      "passes on this model (is loss_fn a mean over the batch?); using one "
-                      "backward pass per example.", stacklevel=3)
-        return None
-    return layers
-
-
-def compute_scores(model: nn.Module, batches: Iterable, loss_fn: Callable | None = None,
-                   kind: str = "fisher", targets=None, per_example: bool = True,
-                   max_batches: int | None = None, seed: int = 0,
-                   batched: bool = True) -> dict[str, torch.Tensor]:
-    """{parameter name: score tensor (same shape, fp32, on the parameter's device)}.
-
-    batches: any iterable of batches for loss_fn(model, batch) -> scalar mean loss (default
-    pl.train.loss_fn). The model runs in training mode (dropout on, seeded by `seed` inside a
-    forked RNG), as it will during fine-tuning; running statistics it updates (BatchNorm) are
-    put back afterwards. per_example only affects kind="fisher": the batch is split into
-    single examples, and BatchNorm layers then normalise with their running statistics (the
-    statistics of a batch of one are not defined for BatchNorm1d, and would couple nothing).
-    batched: per-example Fisher from one backward pass per batch (core/per_example.py)
-    where the model allows it (Linear, Conv1D, Embedding and LayerNorm parameters), checked on
-    the first batch against single-example passes; False, or any other model: one backward
-    pass per example (the reference; about 7x slower on MiniLM).
-    """
-    if kind not in KINDS:
-        raise ValueError(f"Unknown score kind {kind!r}: use one of {KINDS}.")
-    if max_batches is not None and max_batches <= 0:
-        raise ValueError(f"max_batches must be > 0 (or None for all), got {max_batches!r}.")
-    if loss_fn is None:
-        loss_fn = cross_entropy_loss
-    names = candidate_names(model, targets)
-    named = dict(model.named_parameters())
-    params = [named[n] for n in names]
-    flags = [p.requires_grad for p in params]
-    grads = [p.grad for p in params]
-    acc = [torch.zeros(p.shape, dtype=torch.float32, device=p.device) for p in params]
-    modes = [(m, m.training) for m in model.modules()]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    single = kind == "fisher" and per_example
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    layers = batched_fisher.plan(model, names) if single and batched else None
-    n_seen = 0
-    try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            model.train()
-            if single:
-                for m in model.modules():
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                        m.eval()
-            for p in params:
-                p.requires_grad_(True)
-            for b, batch in enumerate(batches):
-                if max_batches is not None and b >= max_batches:
-                    break
-                if layers is not None and b == 0:
-                    layers = _batched_if_exact(model, layers, loss_fn, batch, names, params)
-                if layers is not None:
-                    try:
-                        n_seen += batched_fisher.accumulate(model, layers, loss_fn, batch,
-                                                            dict(zip(names, acc)))
-                        continue
-                    except batched_fisher.Unsupported:
-                        layers = None                   # this batch and the rest: the loop
-                pieces = _examples(batch) if single else [batch]
-                for piece in pieces:
-                    gs = torch.autograd.grad(loss_fn(model, piece), params, allow_unused=True)
-                    for a, g in zip(acc, gs):
-                        if g is not None:
-                            a.add_(g.float().square() if kind == "fisher" else g.float())
-                    n_seen += 1
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
-        _restore(params, flags, grads)
-    if n_seen == 0:
-        raise ValueError("compute_scores got no batches: pass a non-empty iterable of batches "
-                         "(e.g. a few batches of the training loader).")
-    out = {}
-    for n, p, a in zip(names, params, acc):
-        a /= n_seen
-        if kind == "grad":
-            a = a.abs()
-        elif kind == "sensitivity":
-            a = (p.detach().float() * a).abs()
-        out[n] = torch.nan_to_num(a, nan=0.0)
     return out
 
 

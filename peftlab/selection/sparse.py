@@ -15,8 +15,10 @@
                       selected matrix), the block g[:, R]^T @ x[:, C] is one matmul instead.
     sparse_embedding  Embedding: the base lookup plus a lookup in a small table holding only
                       the rows with selected entries (no dense copy or gradient of the table).
-    sparse_forward    the forward surgery.py gives those layers; every other module (LayerNorm,
-                      conv, biases, a module reading .weight itself) uses the parametrization.
+    SparseLinear,     the wrappers surgery.py puts where a selected Linear / Conv1D /
+    SparseEmbedding   Embedding was (its base_layer keeps the parametrization); their forward
+                      is the fast path. Every other module (LayerNorm, RMSNorm, conv, a bias
+                      alone) keeps only the parametrization: it reads W + delta as .weight.
 
 Outputs are bit for bit those of the parametrized layer (W_eff is formed the same way, in
 W's dtype); the values' gradient equals the dense gradient gathered at the k entries up to
@@ -29,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftlab.core.layers import Conv1D  # GPT-2's linear: y = x @ W + b, W (d_in, d_out)
+from peftlab.core.layers import AdapterLayer, Conv1D  # Conv1D: GPT-2's x @ W + b, W (d_in, d_out)
 
 CHUNK = 1 << 20   # products per gather chunk in backward (temporaries of ~4 MB fp32)
 DENSE_BLOCK = 64  # one matmul over the rows x columns block when it is < 64x the k entries
@@ -164,35 +166,110 @@ def sparse_embedding(ids: torch.Tensor, weight: torch.Tensor, delta: SparseDelta
     return y + F.embedding(torch.take(slot, ids), table).to(y.dtype)              # (R + 1, dim)
 
 
-def _fast_kind(module: nn.Module) -> str | None:
-    cls = type(module).__bases__[0] if hasattr(module, "parametrizations") else type(module)
-    if cls.forward is nn.Linear.forward:
+def fast_kind(module: nn.Module) -> str | None:
+    """"linear", "conv1d" or "embedding": the fast path for a layer whose forward is exactly
+    nn.Linear's, transformers' Conv1D's or nn.Embedding's (a subclass only if it keeps that
+    forward; a parametrized layer does); None for every other module. A wrapper: its base's."""
+    if isinstance(module, SparseLayer):
+        module = module.base_layer
+    forward = type(module).forward
+    if forward is nn.Linear.forward:
         return "linear"
-    if Conv1D is not None and cls.forward is Conv1D.forward:
+    if Conv1D is not None and forward is Conv1D.forward:
         return "conv1d"
-    if cls.forward is nn.Embedding.forward:
+    if forward is nn.Embedding.forward:
         return "embedding"
     return None
 
 
 def has_fast_path(module: nn.Module) -> bool:
-    """True for a layer whose forward sparse_forward can replace: nn.Linear, transformers'
-    Conv1D and nn.Embedding (their subclasses only if they keep the base forward)."""
-    return _fast_kind(module) is not None
+    """True for nn.Linear, transformers' Conv1D and nn.Embedding (and the wrappers around
+    them): the layers SparseLinear / SparseEmbedding run without the dense W + delta."""
+    return fast_kind(module) is not None
 
 
-def sparse_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """forward of a parametrized Linear / Conv1D / Embedding (installed on its parametrized
-    class by surgery.py): the fast path when .weight is exactly `frozen W + one SparseDelta`,
-    the base class's forward (reading the parametrized weight) otherwise."""
-    kind, base = _fast_kind(self), type(self).__bases__[0]
-    plist = self.parametrizations._modules.get("weight")   # a ModuleDict has no .get
-    if plist is None or len(plist) != 1 or not isinstance(plist[0], SparseDelta) \
-            or plist.original.requires_grad:
-        return base.forward(self, x)
-    w, d = plist.original, plist[0]
-    if kind == "embedding":
-        if self.max_norm is not None or self.scale_grad_by_freq or self.sparse:
-            return base.forward(self, x)          # the rare cases: the parametrized lookup
-        return sparse_embedding(x, w, d, self.padding_idx)
-    return sparse_linear(x, w, self.bias, d, conv1d=kind == "conv1d")
+# --- the wrappers surgery.py puts where a selected Linear / Conv1D / Embedding was ----------
+
+class _Shown(dict):
+    """{"weight": a ParametrizationList}, also readable as .weight."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class SparseLayer(AdapterLayer):
+    """A selected layer around its `base_layer`, whose weight torch's parametrize makes
+    W + scatter(values): base_layer.parametrizations.weight holds the frozen W (`.original`)
+    and the SparseDelta, and base_layer.weight reads W_eff (merge folds it in). This forward is
+    the reference, the base layer's own forward on W_eff (a dense W + delta every call and its
+    dense gradient in backward); SparseLinear and SparseEmbedding override it with the fast
+    path whenever the weight is exactly frozen W + one SparseDelta."""
+
+    method = "selection"
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        self.base_layer = base_layer
+
+    @property
+    def delta(self) -> SparseDelta:
+        """The weight's SparseDelta (one object for every holder of a tied weight)."""
+        return self.base_layer.parametrizations.weight[0]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """W + scatter(values), as the plain layer's .weight."""
+        return self.base_layer.weight
+
+    @property
+    def parametrizations(self) -> dict:
+        """The weight's parametrization where a plain parametrized layer shows it:
+        layer.parametrizations.weight[0] is the SparseDelta. (Other selected tensors of the
+        layer, a bias, are in base_layer.parametrizations.)"""
+        return _Shown(weight=self.base_layer.parametrizations.weight)
+
+    def fast(self) -> bool:
+        """Whether the fast path applies: the weight is exactly frozen W + one SparseDelta."""
+        plist = self.base_layer.parametrizations.weight
+        return len(plist) == 1 and isinstance(plist[0], SparseDelta) \
+            and not plist.original.requires_grad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_layer(x)
+
+
+class SparseLinear(SparseLayer):
+    """nn.Linear or Conv1D with selected weight entries: y = x W_eff^T + b (Conv1D: x W_eff + b)
+    through sparse_linear: no dense W_eff, only the k values' gradient."""
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__(base_layer)
+        self.conv1d = fast_kind(base_layer) == "conv1d"    # W stored (d_in, d_out)
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The base layer's bias (b + its own delta when the bias is selected too)."""
+        return self.base_layer.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:   # (..., d_in) -> (..., d_out)
+        if not self.fast():
+            return self.base_layer(x)
+        b = self.base_layer
+        return sparse_linear(x, b.parametrizations.weight.original, b.bias, self.delta,
+                             conv1d=self.conv1d)
+
+
+class SparseEmbedding(SparseLayer):
+    """nn.Embedding with selected entries: W[ids] + a lookup in the small table of the rows
+    with selected entries (sparse_embedding); max_norm / scale_grad_by_freq / sparse
+    embeddings take the reference path."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:   # (...) -> (..., dim)
+        b = self.base_layer
+        if not self.fast() or b.max_norm is not None or b.scale_grad_by_freq or b.sparse:
+            return b(ids)
+        return sparse_embedding(ids, b.parametrizations.weight.original, self.delta,
+                                b.padding_idx)

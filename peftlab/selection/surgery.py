@@ -6,7 +6,7 @@
     pl.save_adapter(model, "sel")                            # indices + values, nothing else
 
 Steps: (1) score every candidate weight with gradients over a few batches
-(selection/selection.py compute_scores: Fisher, |grad| or |w * grad|), (2) keep the top entries at
+(selection/scores.py compute_scores: Fisher, |grad| or |w * grad|), (2) keep the top entries at
 a granularity (global FISH / per-row GPS / whole tensors), (3) train a compact delta.
 
 The delta, for a selected tensor W of shape S with k selected flat positions `indices`:
@@ -14,11 +14,13 @@ The delta, for a selected tensor W of shape S with k selected flat positions `in
     W_eff = W + scatter(values)        W frozen (S), indices buffer (k,) int64,
                                        values Parameter (k,), initialised to 0
 
-registered with torch.nn.utils.parametrize, so every module (Linear, Embedding, LayerNorm,
-...) keeps working unchanged; Linear, Conv1D and Embedding layers also get a forward that never
-forms the dense W_eff or its dense gradient (selection/sparse.py: only the k values' gradient). The optimizer sees only `values`: its state (AdamW: two moments)
-and the saved adapter scale with k, and unselected entries stay bit-identical to the base
-under any optimizer, weight decay and momentum included. (A gradient mask on the dense
+registered with torch.nn.utils.parametrize, so every module (LayerNorm, RMSNorm, a bias, ...)
+keeps working unchanged, reading W_eff as its .weight. A selected Linear, Conv1D or Embedding
+weight also gets a wrapper in the layer's place, as LoRA's (selection/sparse.py SparseLinear /
+SparseEmbedding around `base_layer`), whose forward never forms the dense W_eff or its dense
+gradient: only the k values' gradient. The optimizer sees only `values`: its state (AdamW:
+two moments) and the saved adapter scale with k, and unselected entries stay bit-identical to
+the base under any optimizer, weight decay and momentum included. (A gradient mask on the dense
 weight is not enough: AdamW's decay and momentum would still move masked entries.) A tensor
 that is selected entirely (granularity="tensor", or the head) trains as itself, densely.
 
@@ -35,18 +37,15 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from peftlab.core.adapt import Plan, adapt, heads_for
-from peftlab.core.layers import adapter_dtype, is_conv1d
+from peftlab.core.base import base_weight, is_base
+from peftlab.core.layers import adapter_dtype
 from peftlab.core.state import get_method, restore, unmark
-from peftlab.core.targets import find_targets
-from peftlab.selection.selection import (
-    GRANULARITIES,
-    KINDS,
-    candidate_names,
-    compute_scores,
-    make_masks,
-    resolve_count,
-)
-from peftlab.selection.sparse import SparseDelta, has_fast_path, sparse_forward
+from peftlab.core.targets import find_targets, replace_module
+from peftlab.selection.scores import compute_scores
+from peftlab.selection.selection import GRANULARITIES, KINDS, candidate_names, make_masks, \
+    resolve_count
+from peftlab.selection.sparse import SparseDelta, SparseEmbedding, SparseLayer, SparseLinear, \
+    effective_weight, fast_kind
 
 
 @dataclass
@@ -95,18 +94,27 @@ def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(mod) if mod else model), attr
 
 
-def _is_conv1d_weight(model: nn.Module, name: str) -> bool:
+def _rows_are_columns(model: nn.Module, name: str) -> bool:
+    """Whether parameter `name` stores its layer's canonical (d_out, d_in) weight transposed
+    (GPT-2's Conv1D: (d_in, d_out)), i.e. base_weight is a transposed view of it: an output
+    neuron's incoming weights ("row") are a column there."""
     owner, attr = _owner(model, name)
-    return attr == "weight" and is_conv1d(owner)
+    if attr != "weight" or not is_base(owner, "linear"):
+        return False
+    w, stored = base_weight(owner), owner.weight
+    return w is not stored and w.dim() == 2 and w.shape == stored.T.shape \
+        and w.stride() == stored.T.stride() and w.data_ptr() == stored.data_ptr()
 
 
 def _install(model: nn.Module, masks: dict[str, torch.Tensor], dense: list[str]) -> None:
     """Make `dense` params trainable (the model is frozen already); attach a SparseDelta per
-    partial mask. Their originals were recorded by the skeleton, for unload()."""
+    partial mask, then wrap the Linear / Conv1D / Embedding layers whose weight got one.
+    Their originals were recorded by the skeleton, for unload()."""
     params = dict(model.named_parameters())
     for n in dense:
         params[n].requires_grad_(True)
     all_names = list(model.named_parameters(remove_duplicate=False))
+    done, wrap = set(), []
     for n, m in masks.items():
         p = params[n]
         delta = SparseDelta(p.shape, m.reshape(-1).nonzero().flatten(), adapter_dtype(p),
@@ -114,28 +122,49 @@ def _install(model: nn.Module, masks: dict[str, torch.Tensor], dense: list[str])
         # every module that holds this Parameter (tied weights) gets the same delta
         for other in [o for o, q in all_names if q is p]:
             owner, attr = _owner(model, other)
+            if (id(owner), attr) in done:             # one module at two places in the tree
+                continue
+            done.add((id(owner), attr))
             parametrize.register_parametrization(owner, attr, delta, unsafe=True)
             owner.parametrizations[attr].original.requires_grad_(False)
-            if attr == "weight" and has_fast_path(owner):   # Linear, Conv1D, Embedding
-                type(owner).forward = sparse_forward   # parametrize made this class for owner
+            if attr == "weight" and fast_kind(owner):
+                wrap.append(other.rpartition(".")[0])
+    for name in wrap:                  # after all tensors have their deltas: the fast forward
+        base = model.get_submodule(name)
+        layer = SparseEmbedding if fast_kind(base) == "embedding" else SparseLinear
+        replace_module(model, name, layer(base))
+
+
+def _plain_name(name: str, wrappers: set[str]) -> str:
+    """A name in the adapted model -> the name in the plain model (a wrapper's ".base_layer"
+    dropped)."""
+    parts = name.split(".")
+    return ".".join(p for i, p in enumerate(parts)
+                    if not (p == "base_layer" and ".".join(parts[:i]) in wrappers))
+
+
+def _wrappers(model: nn.Module) -> set[str]:
+    return {n for n, m in model.named_modules() if isinstance(m, SparseLayer)}
 
 
 def sparse_layers(model: nn.Module) -> dict[str, SparseDelta]:
     """{parameter name (as in the plain model): its SparseDelta}."""
-    out, seen = {}, set()
+    out, seen, wrappers = {}, set(), _wrappers(model)
     for mname, mod in model.named_modules():
         if parametrize.is_parametrized(mod):
             for attr, plist in mod.parametrizations.items():
                 for d in plist:
                     if isinstance(d, SparseDelta) and id(d) not in seen:   # tied: first name
                         seen.add(id(d))
-                        out[f"{mname}.{attr}" if mname else attr] = d
+                        out[_plain_name(f"{mname}.{attr}" if mname else attr, wrappers)] = d
     return out
 
 
-def _dense_names(model: nn.Module) -> list[str]:
-    return [n for n, p in model.named_parameters()
-            if p.requires_grad and ".parametrizations." not in n]
+def _dense_params(model: nn.Module) -> dict[str, nn.Parameter]:
+    """{parameter name (as in the plain model): parameter} of the tensors trained densely."""
+    wrappers = _wrappers(model)
+    return {_plain_name(n, wrappers): p for n, p in model.named_parameters()
+            if p.requires_grad and ".parametrizations." not in n}
 
 
 def apply(model: nn.Module, config: SelectionConfig | None = None, *, batches=None,
@@ -187,7 +216,7 @@ def _plan(model: nn.Module, config: SelectionConfig, heads: list[str], batches, 
         raise ValueError(f"The budget leaves {k:,} entries to select but the targets hold only "
                          f"{n_cand:,}; lower fraction/count or widen targets.")
     # "row" means output neuron; a Conv1D (GPT-2) stores its weight as (d_in, d_out)
-    flip = {n for n in cands if config.granularity == "row" and _is_conv1d_weight(model, n)}
+    flip = {n for n in cands if config.granularity == "row" and _rows_are_columns(model, n)}
     masks = make_masks({n: scores[n].T if n in flip else scores[n] for n in cands}, count=k,
                        granularity=config.granularity)
     masks = {n: m.T.contiguous() if n in flip else m for n, m in masks.items()}
@@ -204,16 +233,17 @@ def masks_of(model: nn.Module) -> dict[str, torch.Tensor]:
         m = torch.zeros(d.shape, dtype=torch.bool, device=d.indices.device)
         m.view(-1)[d.indices] = True
         out[n] = m
-    for n in _dense_names(model):
-        out[n] = torch.ones_like(dict(model.named_parameters())[n], dtype=torch.bool)
+    for n, p in _dense_params(model).items():
+        out[n] = torch.ones_like(p, dtype=torch.bool)
     return out
 
 
 @torch.no_grad()
 def merge(model: nn.Module) -> nn.Module:
-    """Fold every delta into its weight (W <- W + scatter(values)) and drop the parametrizations.
-    The model becomes a plain model again (frozen, no method mark): export it with
-    save_pretrained; save the adapter *before* merging if you want the small file."""
+    """Fold every delta into its weight (W <- W + scatter(values)), drop the wrappers and the
+    parametrizations (each such module is replaced by a plain one of its class). The model
+    becomes a plain model again (frozen, no method mark): export it with save_pretrained;
+    save the adapter *before* merging if you want the small file."""
     return _remove(model, fold=True)
 
 
@@ -229,22 +259,37 @@ def _remove(model: nn.Module, fold: bool) -> nn.Module:
     if get_method(model) != "selection":
         raise ValueError("This needs a model carrying a peftlab selection "
                          f"(this one carries {get_method(model)!r}).")
-    done = set()
-    for mname, mod in list(model.named_modules()):
-        for attr in list(getattr(mod, "parametrizations", {}) or {}):
-            d = next(x for x in mod.parametrizations[attr] if isinstance(x, SparseDelta))
-            # copy.deepcopy shares parametrize's per-module class between copies, and removal
-            # edits that class: give this module its own so a copy's merge can't break another
-            cls = type(mod)
-            mod.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
-            # a tied weight is folded once; its other owners just get the (merged) original back
-            parametrize.remove_parametrizations(mod, attr,
-                                                leave_parametrized=fold and id(d) not in done)
-            done.add(id(d))
-            getattr(mod, attr).requires_grad_(False)
+    for name, mod in list(model.named_modules(remove_duplicate=False)):
+        if isinstance(mod, SparseLayer):                        # the wrappers out
+            replace_module(model, name, mod.base_layer)
+    folded, plain = set(), {}
+    for name, mod in list(model.named_modules(remove_duplicate=False)):
+        if parametrize.is_parametrized(mod):
+            if id(mod) not in plain:
+                plain[id(mod)] = _unparametrized(mod, fold, folded)
+            replace_module(model, name, plain[id(mod)])
     if not fold:
         restore(model)
     for p in model.parameters():
         p.requires_grad_(False)
     unmark(model)
     return model
+
+
+def _unparametrized(mod: nn.Module, fold: bool, folded: set) -> nn.Module:
+    """A module of mod's own class with mod's state, each parametrized tensor its original
+    Parameter again (W + delta folded in when fold; a tied weight once, its other holders
+    share the Parameter). Not torch's remove_parametrizations: it edits the parametrized
+    class, which copy.deepcopy shares between copies, so a copy's merge would break another."""
+    cls = parametrize.type_before_parametrizations(mod)
+    out = cls.__new__(cls)
+    out.__dict__.update(mod.__dict__)                  # hooks, flags, buffers, attributes
+    out._modules = {k: m for k, m in mod._modules.items() if k != "parametrizations"}
+    out._parameters = dict(mod._parameters)
+    for attr, plist in mod.parametrizations.items():
+        w, d = plist.original, plist[0]
+        if fold and id(d) not in folded:
+            w.copy_(effective_weight(w, d.indices, d.values))
+        folded.add(id(d))
+        out._parameters[attr] = w.requires_grad_(False)
+    return out

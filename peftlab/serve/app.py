@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from peftlab.core.errors import AdapterError
 from peftlab.io.adapters import load_adapter
 from peftlab.lora.named import adapter_names, delete_adapter
-from peftlab.predict import predict
+from peftlab.inference import predict
 
 
 class BadRequest(Exception):

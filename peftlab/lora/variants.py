@@ -1,0 +1,73 @@
+"""The LoRA variant seam: what a variant of LoRA (DoRA, VeRA, ...) changes, in one class.
+
+A variant is one file: a subclass of LoraVariant registered under its name, chosen with
+LoraConfig(variant="<name>"). Each hook receives the layer and `p`, the holder of one
+adapter's tensors (the layer itself for the first adapter, a LoraParts for the others), which
+has p.lora_A, p.lora_B (or lora_embedding_A / _B), p.lora_dropout and p.scale:
+
+    build(layer, p)            extra tensors, after A and B exist; name them lora_* so they
+                               are saved with the adapter (what it saves) and train
+    update(layer, p, x, y)     the layer's output given y = base(x)   (how it adds)
+    delta(layer, p)            W' - W in the canonical layout of peftlab/core/base.py, so that
+                               merge folds the variant in exactly      (how it merges)
+    unmerge_delta(layer, p)    the same W' - W computed from the merged weight W' (default:
+                               delta, right when the update does not depend on W)
+
+Plain LoRA is the base class: update = y + layer._update(p, x) (scale * B A dropout(x), the
+formula each layer class of lora.py writes out), delta = layer._delta(p) (scale * B @ A).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def lora_scale(alpha: float, r: int, rslora: bool = False) -> float:
+    """alpha / r (Hu et al.), or alpha / sqrt(r) (rsLoRA: keeps large-r updates from fading)."""
+    return alpha / math.sqrt(r) if rslora else alpha / r
+
+
+class LoraVariant:
+    """Plain LoRA (Hu et al., 2021); subclass and override to make a variant."""
+
+    name = "lora"
+
+    def build(self, layer: nn.Module, p: nn.Module) -> None:
+        """Add the variant's own tensors to p (plain LoRA has none)."""
+
+    def update(self, layer: nn.Module, p: nn.Module, x: torch.Tensor,
+               y: torch.Tensor) -> torch.Tensor:
+        """The adapted output: y + scale * B(A(dropout(x)))."""
+        return y + layer._update(p, x).to(y.dtype)
+
+    def delta(self, layer: nn.Module, p: nn.Module) -> torch.Tensor:
+        """W' - W, canonical layout: scale * B @ A."""
+        return layer._delta(p)
+
+    def unmerge_delta(self, layer: nn.Module, p: nn.Module) -> torch.Tensor:
+        """W' - W while the base holds the merged W' (a variant whose update depends on W,
+        like DoRA's column norms, recovers W from W' here)."""
+        return self.delta(layer, p)
+
+
+# the registry of variants: {name: an instance}; register() adds to it
+VARIANTS: dict[str, LoraVariant] = {"lora": LoraVariant()}
+
+
+def register(variant: type[LoraVariant]) -> type[LoraVariant]:
+    """Register a LoraVariant subclass under its `name` (usable as a class decorator)."""
+    if not (isinstance(variant, type) and issubclass(variant, LoraVariant)):
+        raise TypeError(f"register() takes a LoraVariant subclass, got {variant!r}.")
+    VARIANTS[variant.name] = variant()
+    return variant
+
+
+def get(name: str) -> LoraVariant:
+    """The registered variant `name`; ValueError naming the known ones otherwise."""
+    if name not in VARIANTS:
+        raise ValueError(f"Unknown LoRA variant {name!r}; known: {', '.join(VARIANTS)} (a "
+                         f"variant registers itself with peftlab.lora.variants.register).")
+    return VARIANTS[name]
