@@ -225,15 +225,14 @@ def inference_times(model: nn.Module, batch, repeats: int = 5) -> dict:
     if fns is None:
         return out
     merge, unmerge = fns
-    with torch.no_grad():
-        with eval_mode(model):
-            before = logits_of(model, batch).float()
-            merge(model)
-            try:
-                after = logits_of(model, batch).float()
-                out["merged"] = inference_time(model, batch, repeats)
-            finally:
-                unmerge(model)
+    with torch.no_grad(), eval_mode(model):
+        before = logits_of(model, batch).float()
+        merge(model)
+        try:
+            after = logits_of(model, batch).float()
+            out["merged"] = inference_time(model, batch, repeats)
+        finally:
+            unmerge(model)
     out["max_abs_diff"] = float((before - after).abs().max())
     return out
 
