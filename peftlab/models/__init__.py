@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 
+from peftlab.models.chat import chat_model
 from peftlab.models.checksums import ModelNotFoundError, check_sha256, sha256_file
 from peftlab.models.text import (
     DEFAULT_TEXT_MODEL,
@@ -42,6 +43,6 @@ def __getattr__(name: str):
 
 
 __all__ = ["DEFAULT_TEXT_MODEL", "DEFAULT_TEXT_PACKAGE", "DEFAULT_TEXT_SHA256",
-           "MeanPoolClassifier", "ModelNotFoundError", "check_sha256", "default_text_model_path", "embed",
+           "MeanPoolClassifier", "ModelNotFoundError", "chat_model", "check_sha256", "default_text_model_path", "embed",
            "mean_pool", "sha256_file", "text_classifier", "text_encoder", "vision",
            "vision_classifier"]

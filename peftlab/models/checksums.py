@@ -27,3 +27,26 @@ def check_sha256(path: str | Path, expected: str,
         raise ModelNotFoundError(
             f"Checksum mismatch for {path}: expected sha256 {expected}, got {got}. The file is "
             f"corrupted or is not the pinned file; {fix}.")
+
+
+def check_sha256_recorded(path: str | Path, expected: str, record: str | Path,
+                          fix: str = "reinstall or regenerate it") -> None:
+    """check_sha256, remembered: once a file matches, its size and mtime are written to the
+    JSON file `record`, and a later call on the unchanged file (same path, size, mtime) does not
+    read it again. A changed file is hashed afresh; a mismatch raises and records nothing."""
+    import json
+    import os
+
+    path, record = Path(path).resolve(), Path(record)
+    st = path.stat()
+    stamp = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": expected}
+    try:
+        if json.loads(record.read_text()) == stamp:
+            return
+    except (OSError, ValueError):
+        pass                                          # no record yet, or an unreadable one
+    check_sha256(path, expected, fix)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(stamp, indent=1))
+    os.replace(tmp, record)                           # atomic: a reader sees old or new, whole
