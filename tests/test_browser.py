@@ -10,8 +10,16 @@ saved-notebook story: with peftlab's "saveState" setting the saved notebook hold
 state, reopens (new kernel) with its widgets, and an untrusted copy with stored snapshots
 (python -m peftlab.site snapshot) shows pictures, not `VBox(children=...` text.
 
+The monitor's live redraws are checked by events, not against the clock: the notebook's
+training is paced by this test (tests/browser/browser_pacing.py). After each step whose
+status line or figure the monitor sent to its view, the kernel waits until this test has seen
+it on the page, so every redraw is seen at any machine speed. Deadlines only guard against a
+hang; they grow with the measured slowdown (tests/timing.py) and with the step and redraw
+times measured here, and running out of time says the machine was slow.
+
 The test of the test: tests/browser/broken_widget.ipynb shows a widget whose figure view
-asks for a front-end version JupyterLab does not have; the same checks must fail on it.
+asks for a front-end version JupyterLab does not have, and tests/browser/broken_monitor.ipynb
+a TrainingMonitor that stops redrawing after step 2; the same checks must fail on them.
 
 Needs Chromium (`apt-get install -y chromium`; .ci/run installs it) and the `playwright` pip
 package pointed at it (Playwright's own browser download is not used). Skips, saying so,
@@ -20,6 +28,7 @@ when Chromium is missing.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -33,8 +42,18 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import timing
+
+
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 HERE = Path(__file__).resolve().parent / "browser"
+pacing = _load(HERE / "browser_pacing.py")     # the kernel side of the pacing: its file format
 CHROMIUM = (os.environ.get("PEFTLAB_CHROMIUM") or shutil.which("chromium")
             or shutil.which("chromium-browser")
             or next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser")
@@ -60,7 +79,7 @@ VIEWS = {
 }
 HAS_FIGURE = set(VIEWS) - {"modelinspector"}
 WIDGET_ERROR = re.compile(r"widget|model|view|comm|jupyter-widgets", re.IGNORECASE)
-WAIT_MS = 60_000
+WAIT_MS = 60_000             # Playwright's wait for an element, idle; times the slowdown
 
 
 # --- JupyterLab and the browser -------------------------------------------------------------
@@ -78,6 +97,8 @@ class Lab:
     def __init__(self, root: Path):
         self.root, self.port, self.token = root, _free_port(), secrets.token_hex(16)
         self.url = f"http://127.0.0.1:{self.port}"
+        self.pace = root / ".pace"            # the files that pace training (browser_pacing.py)
+        self.pace.mkdir()
         settings = root / ".jupyter" / "app-settings"
         from peftlab.widgets.lab_settings import install
         install(settings)                     # the shipped setting: save widget state
@@ -89,7 +110,7 @@ class Lab:
                "JUPYTER_RUNTIME_DIR": str(root / ".jupyter" / "runtime"),
                "JUPYTERLAB_SETTINGS_DIR": str(root / ".jupyter" / "user-settings"),
                "JUPYTERLAB_WORKSPACES_DIR": str(root / ".jupyter" / "workspaces"),
-               "OMP_NUM_THREADS": "1"}
+               "PEFTLAB_BROWSER_PACE": str(self.pace), "OMP_NUM_THREADS": "1"}
         self.log = open(root / ".jupyter-lab.log", "w")  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
@@ -99,24 +120,34 @@ class Lab:
              "--LabApp.news_url=None",
              "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
             cwd=root, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 90
+        limit = timing.budget(90)
+        deadline = time.monotonic() + limit
         while True:
             try:
                 self.api("GET", "status")
                 break
             except OSError:
-                if self.proc.poll() is not None or time.time() > deadline:
+                if self.proc.poll() is not None:
                     self.close()
                     raise RuntimeError("JupyterLab did not start:\n" +
                                        (root / ".jupyter-lab.log").read_text()[-3000:])
+                if time.monotonic() > deadline:
+                    self.close()
+                    timing.slow("JupyterLab's start-up", limit, "Its log ends: " +
+                                (root / ".jupyter-lab.log").read_text()[-1500:])
                 time.sleep(0.5)
 
     def api(self, method: str, path: str):
         req = urllib.request.Request(f"{self.url}/api/{path}", method=method,
                                      headers={"Authorization": f"token {self.token}"})
-        with urllib.request.urlopen(req, timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=timing.budget(10)) as r:
             body = r.read()
         return json.loads(body) if body else None
+
+    def reset_pace(self) -> None:
+        """Forget what an earlier notebook run sent and saw (call before Run All Cells)."""
+        for f in self.pace.iterdir():
+            f.unlink()
 
     def shutdown_kernels(self) -> None:
         for k in self.api("GET", "kernels"):
@@ -135,7 +166,7 @@ class Lab:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
-    for nb in HERE.glob("*.ipynb"):
+    for nb in [*HERE.glob("*.ipynb"), HERE / "browser_pacing.py"]:
         shutil.copy(nb, root / nb.name)
     server = Lab(root)
     yield server
@@ -160,12 +191,28 @@ class Page:
         self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error"
                      else None)
         self.page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
-        self.page.set_default_timeout(WAIT_MS)
+        self.wait_ms = WAIT_MS * timing.slowdown()
+        self.page.set_default_timeout(self.wait_ms)
         self.page.goto(f"{lab.url}/lab/tree/{name}?reset&token={lab.token}")   # reset: no other tabs
         self.page.wait_for_selector(".jp-Notebook .jp-CodeCell")
 
     def wait_kernel_idle(self) -> None:
-        self.page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+        """Wait until the notebook's kernel is started and idle, answering a "Select Kernel"
+        dialog meanwhile (on a busy machine the kernel list can arrive after the notebook
+        opens, and JupyterLab then asks; answered only after Run All was queued, it replaced
+        the kernel and the queued run was lost)."""
+        limit = self.wait_ms / 1000
+        deadline = time.monotonic() + limit
+        idle = self.page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+        name = self.page.locator(".jp-Toolbar-kernelName")
+        while True:
+            self.dismiss_dialogs()
+            if idle.count() and not (name.count() and "No Kernel" in name.first.inner_text()):
+                return
+            if time.monotonic() > deadline:
+                timing.slow("starting the notebook's kernel", limit,
+                            f"Dialogs closed: {self.dialogs}")
+            time.sleep(0.3)
 
     def dismiss_dialogs(self) -> None:
         """Close any JupyterLab dialog that would intercept the next click, keeping its text
@@ -178,7 +225,7 @@ class Page:
                 return
             text = " ".join(dialog.first.inner_text().split())
             self.dialogs.append(text)
-            if re.search(r"kernel (appears to have )?died|error starting kernel", text, re.I):
+            if re.search(r"kernel (appears to have )?died|error starting kernel", text, re.IGNORECASE):
                 raise AssertionError(f"JupyterLab reported a kernel failure: {text[:400]}")
             accept = dialog.first.locator(".jp-Dialog-button.jp-mod-accept")
             reject = dialog.first.locator(".jp-Dialog-button.jp-mod-reject")
@@ -187,20 +234,24 @@ class Page:
                 button.first.click()
             else:
                 self.page.keyboard.press("Escape")
-            self.page.wait_for_timeout(300)
+            try:                    # gone before the next look (not answered twice)
+                dialog.first.wait_for(state="hidden", timeout=self.wait_ms)
+            except sync_api.TimeoutError:
+                pass
 
     def click(self, locator) -> None:
         """Click, closing any dialog that pops up over the target meanwhile."""
-        deadline = time.time() + WAIT_MS / 1000
+        deadline = time.monotonic() + self.wait_ms / 1000
         while True:
             self.dismiss_dialogs()
             try:
                 locator.click(timeout=5_000)
                 return
             except sync_api.TimeoutError:
-                if time.time() > deadline:
-                    raise AssertionError(f"could not click {locator} in {WAIT_MS / 1000:.0f} s "
-                                         f"(dialogs closed meanwhile: {self.dialogs})") from None
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"could not click {locator} in {self.wait_ms / 1000:.0f}"
+                                         f" s (dialogs closed meanwhile: {self.dialogs}; "
+                                         f"{timing.machine_note()})") from None
 
     def menu(self, top: str, item: str) -> None:
         for _ in range(6):
@@ -219,8 +270,8 @@ class Page:
         for _ in range(5):
             self.wait_kernel_idle()
             self.menu("Run", "Run All Cells")
-            deadline = time.time() + 10
-            while time.time() < deadline:
+            deadline = time.monotonic() + timing.budget(10)
+            while time.monotonic() < deadline:
                 if any(p.strip() not in ("", "[ ]:") for p in self.prompts()):
                     return
                 time.sleep(0.2)
@@ -230,10 +281,20 @@ class Page:
     def prompts(self) -> list[str]:
         return self.page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
 
-    def wait_all_run(self, timeout: float = 150) -> None:
-        deadline = time.time() + timeout
-        while not all(re.fullmatch(r"\[\d+\]:", p.strip()) for p in self.prompts()):
-            assert time.time() < deadline, f"cells did not finish: {self.prompts()}"
+    def wait_all_run(self, idle_seconds: float = 150) -> None:
+        """Wait until every cell has run. A cell that fails ends Run All, leaving later cells
+        unnumbered, so this fails at once, not at the deadline."""
+        limit = timing.budget(idle_seconds)
+        deadline = time.monotonic() + limit
+        while True:
+            p = self.prompts()
+            if all(re.fullmatch(r"\[\d+\]:", x.strip()) for x in p):
+                return
+            if not any("*" in x for x in p):
+                raise AssertionError(f"cells did not finish: {p} (a cell failed, or the "
+                                     f"kernel restarted? dialogs closed: {self.dialogs})")
+            if time.monotonic() > deadline:
+                timing.slow("running all cells", limit, f"Prompts: {p}")
             time.sleep(0.3)
 
     def box(self, name: str):
@@ -251,9 +312,12 @@ class Page:
         return self.text(name), self.img_src(name)
 
     def wait_changed(self, name: str, before: str, what: str, read) -> str:
-        deadline = time.time() + 30
+        limit = timing.budget(30)
+        deadline = time.monotonic() + limit
         while (now := read()) == before:
-            assert time.time() < deadline, f"{name}: the view did not change after {what}"
+            assert time.monotonic() < deadline, (
+                f"{name}: the view did not change after {what} in {limit:.0f} s (generous "
+                f"for this machine now: {timing.machine_note()})")
             time.sleep(0.2)
         return now
 
@@ -278,6 +342,83 @@ def check_view(page: Page, name: str) -> None:
         assert (cw, ch) == (nw, nh), f"{name}: figure shown at {cw}x{ch}, natural {nw}x{nh}"
 
 
+def watch_monitor(page: Page, pace: Path) -> tuple[set, set, str]:
+    """Follow the TrainingMonitor's view while fit runs, pacing the kernel: after each thing
+    the monitor sent (pace/sent: the step of its status line, how many pictures it has sent),
+    the kernel waits until pace/seen says the page shows it (tests/browser/browser_pacing.py).
+    Returns (the steps shown with an intermediate status, the figures shown beside them,
+    how the watch ended).
+    Ends when the page shows the last step or no cell runs any more.
+
+    Two waits, each guarded by a generous deadline: for the kernel to send something new
+    (start-up, a training step: running out fails as a slow machine) and for the page to show
+    what was sent (running out fails as a view that did not redraw). Each deadline is the
+    idle time times the slowdown measured now, and at least 20 times the slowest such wait
+    measured so far in this run."""
+    seen_steps, seen_images, pictures = set(), set(), []
+    shown, sent, caught_up = {"step": -1, "pictures": 0}, {}, True
+    since, gaps, lags = time.monotonic(), [], []    # gaps: between sends; lags: send to shown
+    limit = timing.budget(300)                        # the first send: kernel start-up, imports
+    while True:
+        box = page.box("trainingmonitor")
+        if box.count():
+            m = re.search(r"step (\d+)/(\d+)", page.text("trainingmonitor"))
+            src = page.img_src("trainingmonitor")
+            if src and src not in pictures:
+                pictures.append(src)
+            if m and m.group(1) != m.group(2):
+                seen_steps.add(int(m.group(1)))
+                seen_images.add(src)
+            now_shown = {"step": int(m.group(1)) if m else 0, "pictures": len(pictures)}
+            if now_shown != shown:
+                shown = now_shown
+                pacing.write(pace / "seen", shown)
+            if m and m.group(1) == m.group(2):
+                ended = f"the page showed the last step, {m.group(0)}"
+                break
+        now = time.monotonic()
+        if (new := pacing.read(pace / "sent")) and new != sent:   # the kernel sent more
+            if sent:
+                gaps.append(now - since)
+            sent, since, caught_up = new, now, False
+            limit = max(timing.budget(60), 20 * max(lags, default=0))
+        if not caught_up and shown["step"] >= sent["step"] \
+                and shown["pictures"] >= sent["pictures"]:
+            lags.append(now - since)
+            since, caught_up = now, True
+            limit = max(timing.budget(60), 20 * max(gaps, default=0))
+        if not caught_up:
+            assert now - since < limit, (
+                f"the monitor's view did not redraw: the kernel sent step {sent['step']} "
+                f"(picture {sent['pictures']}) {now - since:.0f} s ago and the page still "
+                f"shows step {shown['step']} (picture {shown['pictures']}); the slowest redraw "
+                f"before took {max(lags, default=0):.1f} s ({timing.machine_note()})")
+        else:
+            prompts = page.prompts()
+            if not any("*" in x for x in prompts):
+                ended = (f"no cell was running any more: prompts {prompts}, dialogs "
+                         f"closed {page.dialogs}")
+                break                       # the run is over (or a cell failed): check it
+            if now - since > limit:
+                timing.slow("the kernel's next monitor update" + (
+                    f" after step {sent['step']}" if sent else " (start-up)"), limit,
+                    f"Slowest step so far {max(gaps, default=0):.1f} s; steps seen "
+                    f"{sorted(seen_steps)}.")
+        time.sleep(0.1)
+    return seen_steps, seen_images, ended
+
+
+def check_monitor(page: Page, pace: Path) -> None:
+    """The monitor redraws while fit runs (status line and figure), not only at the end."""
+    seen_steps, seen_images, ended = watch_monitor(page, pace)
+    print(f"         the page showed {len(seen_steps)} steps and {len(seen_images)} figures "
+          f"during training; the watch ended when {ended}")
+    assert len(seen_steps) >= 3, (f"status seen at steps {sorted(seen_steps)} during training "
+                                  f"(the watch ended when {ended})")
+    assert len(seen_images) >= 2, (f"the figure was not redrawn during training (the watch "
+                                   f"ended when {ended})")
+
+
 def check_console(errors: list[str]) -> None:
     bad = [e for e in errors if WIDGET_ERROR.search(e)]
     assert not bad, "the widget manager logged console errors:\n" + "\n".join(bad[:5])
@@ -294,22 +435,12 @@ def check_no_widget_text(page: Page) -> None:
 def test_six_widgets_render_respond_and_survive_a_save(lab, browser):
     t0 = time.time()
     page = Page(browser, lab, "six_widgets.ipynb")
+    lab.reset_pace()
     page.run_all()
     print(f"{time.time() - t0:5.1f} s  running all cells")
 
     # the monitor redraws while fit runs (status line and figure), not only at the end
-    seen_steps, seen_images, deadline = set(), set(), time.time() + 150
-    while time.time() < deadline:
-        if page.box("trainingmonitor").count():
-            m = re.search(r"step (\d+)/(\d+)", page.text("trainingmonitor"))
-            if m and m.group(1) != m.group(2):
-                seen_steps.add(int(m.group(1)))
-                seen_images.add(page.img_src("trainingmonitor"))
-            elif m:
-                break
-        time.sleep(0.1)
-    assert len(seen_steps) >= 3, f"status seen at steps {sorted(seen_steps)} during training"
-    assert len(seen_images) >= 2, "the figure was not redrawn during training"
+    check_monitor(page, lab.pace)
     page.wait_all_run()
     assert "step 32/32" in page.text("trainingmonitor")
     print(f"{time.time() - t0:5.1f} s  all cells ran; the monitor redrew during training")
@@ -348,9 +479,12 @@ def test_six_widgets_render_respond_and_survive_a_save(lab, browser):
 
     # save: peftlab's saveState setting stores the widget state in the notebook
     page.menu("File", "Save Notebook")
-    path, deadline = lab.root / "six_widgets.ipynb", time.time() + 30
+    path, limit = lab.root / "six_widgets.ipynb", timing.budget(30)
+    deadline = time.monotonic() + limit
     while not json.loads(path.read_text()).get("metadata", {}).get("widgets"):
-        assert time.time() < deadline, "saving did not store the widget state (saveState)"
+        assert time.monotonic() < deadline, (f"saving did not store the widget state "
+                                             f"(saveState) in {limit:.0f} s "
+                                             f"({timing.machine_note()})")
         time.sleep(0.3)
     saved = json.loads(path.read_text())
     state = saved["metadata"]["widgets"][WIDGET_STATE]["state"]
@@ -384,7 +518,9 @@ def test_six_widgets_render_respond_and_survive_a_save(lab, browser):
     page.page.close()
     lab.shutdown_kernels()
     print(f"{time.time() - t0:5.1f} s  untrusted copy shows the stored snapshots")
-    assert time.time() - t0 < 200, f"the browser test took {time.time() - t0:.0f} s"
+    limit = 200 * timing.worst()           # 200 s idle, times the worst slowdown measured
+    assert time.time() - t0 < limit, (f"the browser test took {time.time() - t0:.0f} s, over "
+                                      f"{limit:.0f} s ({timing.machine_note()})")
 
 
 def test_the_checks_catch_a_broken_widget(lab, browser):
@@ -395,10 +531,27 @@ def test_the_checks_catch_a_broken_widget(lab, browser):
     page.box("loraexplorer").wait_for()
     with pytest.raises(AssertionError, match="loraexplorer: no figure"):
         check_view(page, "loraexplorer")
-    deadline = time.time() + 10
-    while not any(WIDGET_ERROR.search(e) for e in page.errors) and time.time() < deadline:
+    deadline = time.monotonic() + timing.budget(10)
+    while not any(WIDGET_ERROR.search(e) for e in page.errors) and time.monotonic() < deadline:
         time.sleep(0.2)
     with pytest.raises(AssertionError, match="console errors"):
         check_console(page.errors)
+    page.page.close()
+    lab.shutdown_kernels()
+
+
+def test_the_checks_catch_a_monitor_that_stops_redrawing(lab, browser):
+    """The test of the monitor check: a TrainingMonitor that redraws nothing after step 2
+    until training ends. The paced kernel has nothing to wait for then, so the run goes on
+    at full speed and the check fails on what the page showed, not on a deadline."""
+    page = Page(browser, lab, "broken_monitor.ipynb")
+    lab.reset_pace()
+    page.run_all()
+    with pytest.raises(AssertionError,
+                       match=re.escape("status seen at steps [1, 2] during training")) as e:
+        check_monitor(page, lab.pace)
+    print(f"         the broken monitor fails as it should: {e.value}")
+    page.wait_all_run()
+    assert "step 32/32" in page.text("trainingmonitor")   # it trained; only the redraws stopped
     page.page.close()
     lab.shutdown_kernels()

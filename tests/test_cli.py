@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import timing
 import torch
 
 import peftlab as pl
@@ -284,8 +285,8 @@ def test_readme_own_data_section_runs_as_written(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     outputs = []
     for command in commands:
-        proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, text=True,
-                              capture_output=True, timeout=600)
+        proc = timing.run(["bash", "-c", command], f"the README command `{command}`", 600,
+                          cwd=tmp_path, env=env, text=True, capture_output=True)
         assert proc.returncode == 0, (command, proc.stderr[-2000:])
         outputs.append(proc.stdout)
     assert re.match(r"accuracy \d\.\d{4} on 18 examples", outputs[1])

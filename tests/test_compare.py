@@ -7,10 +7,10 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-import subprocess
 import sys
 
 import pytest
+import timing
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
@@ -292,8 +292,9 @@ def test_bad_options_exit_2_naming_the_option(argv, option, capsys):
 
 
 def test_python_dash_m_entry_point():
-    proc = subprocess.run([sys.executable, "-m", "peftlab", "compare", "--epochs", "-1"],
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = timing.run([sys.executable, "-m", "peftlab", "compare", "--epochs", "-1"],
+                      "`python -m peftlab compare` (start-up and a usage error)", 120,
+                      capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and "argument --epochs: must be > 0" in proc.stderr
     with pytest.raises(ValueError, match="Unknown method"):
         compare.run(["full", "nope"])

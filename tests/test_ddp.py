@@ -8,10 +8,10 @@ in one process. The saved adapter holds only the trainable tensors either way.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import textwrap
 
+import timing
 import torch
 from safetensors.torch import load_file
 
@@ -67,11 +67,11 @@ def test_two_gloo_processes_save_the_single_process_adapter(tmp_path):
     script.write_text(SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
     env.pop("WORLD_SIZE", None)
-    proc = subprocess.run(
+    proc = timing.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
          "--master_port=0", "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0",
-         str(script), str(tmp_path / "ddp")],
-        capture_output=True, text=True, env=env, timeout=180, check=False)
+         str(script), str(tmp_path / "ddp")], "the 2-process torchrun (gloo) training", 180,
+        capture_output=True, text=True, env=env, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "world 2 steps 9" in proc.stdout
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
+import timing
 import torch
 from transformers import AutoModelForSequenceClassification
 
@@ -55,8 +55,9 @@ def test_export_loads_without_peftlab_with_the_same_logits(embedded, tmp_path):
             f"p = {str(path)!r}; m = M.from_pretrained(p).eval(); t = T.from_pretrained(p)\n"
             f"e = t({TEXTS!r}, padding=True, return_tensors='pt'); e.pop('token_type_ids', None)\n"
             "with torch.no_grad(): print(m(**e).logits.tolist()); print(m.config.id2label)")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300, check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    run = timing.run([sys.executable, "-c", code], "loading the export in a fresh interpreter",
+                     300, capture_output=True, text=True, check=False,
+                     env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert run.returncode == 0, run.stderr[-2000:]
     lines = run.stdout.strip().splitlines()
     assert torch.allclose(torch.tensor(json.loads(lines[-2])), want, atol=1e-4)

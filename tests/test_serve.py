@@ -13,6 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import timing
 import torch
 
 import peftlab as pl
@@ -63,21 +64,27 @@ def server(adapters):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 240
-    while time.time() < deadline:
+    limit = timing.budget(240)        # start-up: import torch, load the base, two adapters
+    deadline = time.monotonic() + limit
+    while True:
         if proc.poll() is not None:
             raise AssertionError(proc.stdout.read().decode()[-3000:])
         try:
-            if requests.get(url + "/healthz", timeout=1).status_code == 200:
+            if requests.get(url + "/healthz", timeout=5).status_code == 200:
                 break
-        except requests.ConnectionError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise AssertionError("peftlab serve did not come up")
+        except requests.RequestException:      # not listening yet, or too busy to answer
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            timing.slow("`peftlab serve` start-up (until /healthz answers)", limit)
+        time.sleep(0.5)
     yield url
     proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        proc.wait(timeout=timing.budget(30))
+    except subprocess.TimeoutExpired:         # it did not stop on SIGTERM in time: end it
+        proc.kill()
+        proc.wait()
 
 
 def close(got, want):

@@ -8,6 +8,7 @@ import math
 import warnings
 
 import pytest
+import timing
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
@@ -52,7 +53,7 @@ def served(tmp_path):
     app = create_app(model, tok, max_wait_ms=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)      # no on_event deprecation
-        handle = start_background(app)
+        handle = start_background(app, timeout=timing.budget(30))
     yield handle, app, model, tok
     handle.stop()
 
@@ -136,11 +137,10 @@ def test_serve_monitor_widget_follows_traffic(served):
     local._auto.value = True
     try:
         requests.post(handle.url + "/v1/predict", json={"texts": TEXTS[:1], "adapter": "a"})
-        for _ in range(100):
-            if local.snapshot.requests.get("a") == 2:
-                break
-            import time
-            time.sleep(0.05)
+        # the timer refreshes every 0.2 s: a few refreshes on an idle machine, 50 allowed
+        timing.wait_until(lambda: local.snapshot.requests.get("a") == 2,
+                          "the ServeMonitor's auto-refresh to show the new request", 10,
+                          interval=0.05)
         assert local.snapshot.requests.get("a") == 2
     finally:
         local.stop()

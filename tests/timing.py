@@ -44,7 +44,7 @@ def slowdown() -> float:
     """How much slower than idle this machine runs now (>= 1): the larger of the measured
     contention and the 1-minute load average per CPU, times PEFTLAB_TEST_SLOWDOWN."""
     load = os.getloadavg()[0] / (os.cpu_count() or 1) if hasattr(os, "getloadavg") else 0.0
-    factor = max(1.0, contention(), load) * float(os.environ.get("PEFTLAB_TEST_SLOWDOWN", 1))
+    factor = max(1.0, contention(), load) * float(os.environ.get("PEFTLAB_TEST_SLOWDOWN", "1"))
     _worst[0] = max(_worst[0], factor)
     return factor
 
@@ -69,7 +69,7 @@ def machine_note() -> str:
 
 def slow(what: str, waited: float, detail: str = "") -> NoReturn:
     """Fail saying the machine was too slow for `what`, not that the feature is broken."""
-    pytest.fail(f"timed out: {what} took longer than {waited:.0f} s. This machine is busy or "
+    pytest.fail(f"timed out: {what} took longer than {waited:.1f} s. This machine is busy or "
                 f"slow ({machine_note()}); that is a timing failure, not evidence that the "
                 f"feature is broken. Rerun on a quieter machine, or set PEFTLAB_TEST_SLOWDOWN "
                 f"(e.g. 3) to allow more time.{' ' + detail if detail else ''}", pytrace=False)
@@ -79,11 +79,11 @@ def run(cmd, what: str, idle_seconds: float, **kwargs) -> subprocess.CompletedPr
     """subprocess.run with a timeout of budget(idle_seconds); running out fails as slow()."""
     limit = budget(idle_seconds)
     try:
-        return subprocess.run(cmd, timeout=limit, **kwargs)
-    except subprocess.TimeoutExpired as e:
+        return subprocess.run(cmd, timeout=limit, check=kwargs.pop("check", False), **kwargs)
+    except subprocess.TimeoutExpired as e:     # (fail outside the handler: no chained trace)
         tail = e.stderr or b""
-        tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
-        slow(what, limit, f"Its stderr so far ends: {tail[-1000:]!r}" if tail else "")
+    tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
+    slow(what, limit, f"Its stderr so far ends: {tail[-1000:]!r}" if tail else "")
 
 
 def wait_until(check: Callable[[], T], what: str, idle_seconds: float,

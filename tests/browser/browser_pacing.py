@@ -24,7 +24,7 @@ from pathlib import Path
 PATIENCE = 900     # s; only against a hang if the test is gone (it fails long before this)
 
 
-def _read(path: Path) -> dict:
+def read(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -52,6 +52,8 @@ class PacedByTheTest:
         time.sleep(self.pause)
 
     def on_step_end(self, state) -> None:
+        if state.step >= state.total_steps:
+            return                   # nothing left to pace: the test stops at the last step
         status, png = self.monitor.status.value, self.monitor.image.value
         if status != self._status or png != self._png:
             m = re.search(r"step (\d+)/\d+", status)
@@ -67,7 +69,7 @@ class PacedByTheTest:
         write(self.folder / "sent", {**self.sent, "time": time.time()})
         deadline = time.monotonic() + PATIENCE
         while time.monotonic() < deadline:
-            seen = _read(self.folder / "seen")
+            seen = read(self.folder / "seen")
             if (seen.get("step", -1) >= self.sent["step"]
                     and seen.get("pictures", 0) >= self.sent["pictures"]):
                 return
