@@ -1,11 +1,11 @@
 """python -m peftlab.handout writes clean copies: every notebook, no outputs, no solutions."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import timing
 
 from peftlab.handout import DEFAULT_SOURCE, clean_notebook, main, write_handout
 
@@ -90,6 +90,6 @@ def test_command_line(tmp_path, capsys):
     assert "notebooks" in capsys.readouterr().out
     assert main([str(tmp_path / "h")]) == 2                                # exists, not empty
     assert "--overwrite" in capsys.readouterr().err
-    run = subprocess.run([sys.executable, "-m", "peftlab.handout", "--help"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    run = timing.run([sys.executable, "-m", "peftlab.handout", "--help"],
+                     "peftlab.handout --help", 60, cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0 and "OUT_DIR" in run.stdout.upper()

@@ -14,12 +14,12 @@ import dataclasses
 import importlib
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+import timing
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
@@ -213,8 +213,9 @@ def test_the_toy_method_in_a_fresh_process(toy, tmp_path):
         print("toy ok", row["trainable"])
     """)
     base = _tiny_base(tmp_path / "base")
-    done = subprocess.run([sys.executable, "-c", script, str(base)], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=900)
+    done = timing.run([sys.executable, "-c", script, str(base)],
+                      "the toy plugin's train + compare subprocess", 900, env=env, cwd=tmp_path,
+                      capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "toy ok" in done.stdout
     info = json.loads((tmp_path / "run" / "run.json").read_text())
@@ -403,8 +404,8 @@ def test_import_peftlab_loads_only_what_its_top_level_needs():
         pl.lora.LoraConfig                          # first use imports the method
         print("peftlab.lora" in sys.modules, "peftlab.compare" in sys.modules)
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=600, cwd=ROOT, check=True).stdout.splitlines()
+    out = timing.run([sys.executable, "-c", code], "a fresh `import peftlab` subprocess", 600,
+                     capture_output=True, text=True, cwd=ROOT, check=True).stdout.splitlines()
     count, names, torch_loaded = out[0].split(" ")
     assert int(count) <= 12, names
     assert out[1] == "[]", "the registry scan imported a method package"
