@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 # sub-packages and modules, imported on first use
-_MODULES = {"core", "data", "io", "measure", "models", "runtime", "train", "widgets", "plots",
+_MODULES = {"chat", "core", "data", "io", "measure", "models", "runtime", "train", "widgets", "plots",
             "compare", "exercises", "report", "cli", "serve", "commands"}
 
 # functions and classes re-exported at the top: name -> the module that defines it
 _FUNCTIONS = {
     "after_step": "peftlab.core.registry",
     "regularization": "peftlab.core.registry",
+    "estimate": "peftlab.fit_estimate",
     "export_merged": "peftlab.export",
     "load_adapter": "peftlab.io.adapters",
     "save_adapter": "peftlab.io.adapters",
@@ -39,6 +40,7 @@ _FUNCTIONS = {
     "delete_adapter": "peftlab.lora.named",
     "disable_adapters": "peftlab.lora.named",
     "set_adapter": "peftlab.lora.named",
+    "generate": "peftlab.chat.generate",
     "Predictions": "peftlab.inference",
     "predict": "peftlab.inference",
     "trainable_report": "peftlab.report",
@@ -54,6 +56,7 @@ if TYPE_CHECKING:                                   # for editors and type check
         disable_adapters,
         set_adapter,
     )
+    from peftlab.chat.generate import generate  # noqa: F401
     from peftlab.inference import Predictions, predict  # noqa: F401
     from peftlab.report import trainable_report  # noqa: F401
 

@@ -231,3 +231,44 @@ def test_bad_sha_leaves_the_cache_untouched(smollm2, monkeypatch):
         chat_model(cache_dir=smollm2.cache)
     assert _snapshot(smollm2.cache) == before
     assert os.listdir(smollm2.cache)                         # (the snapshot was not empty)
+
+
+def test_pl_generate_answers_like_transformers_on_smollm2(smollm2):
+    model, tok = smollm2.model, smollm2.tokenizer
+    ours = pl.generate(model, tok, MESSAGES, max_new_tokens=12, system=None, details=True)
+    ids = _prompt(tok)
+    with torch.no_grad():
+        hf = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    want = hf[0, ids["input_ids"].shape[1]:].tolist()
+    want = want[:want.index(tok.eos_token_id)] if tok.eos_token_id in want else want
+    assert ours.tokens == want and "Paris" in ours.text, ours
+    short = pl.generate(model, tok, MESSAGES[0]["content"], max_new_tokens=12)  # our system prompt
+    assert "Paris" in short, short
+
+
+def test_our_lora_equals_hf_peft_on_smollm2(smollm2, tmp_path):
+    """The same adapter (B drawn at random, so it changes the output) through our LoRA and
+    through Hugging Face PEFT loading our saved hf-peft folder: the same logits."""
+    import copy
+
+    from peft import PeftModel
+
+    model, tok = smollm2.model, smollm2.tokenizer
+    ours = copy.deepcopy(model)
+    pl.lora.apply(ours, pl.lora.LoraConfig(r=4, alpha=8, targets="all-linear"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in ours.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    pl.save_adapter(ours, tmp_path / "hf", format="hf-peft")
+    theirs = PeftModel.from_pretrained(copy.deepcopy(model), tmp_path / "hf").eval()
+    batch = next(iter(pl.chat.ChatSplit([[*MESSAGES, {"role": "assistant", "content": "Paris."}]] * 2,
+                                        "probe").loader(tok, batch_size=2,
+                                                        answer_only_logits=False)))
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    with torch.no_grad():
+        a, b, base = ours(**inputs).logits, theirs(**inputs).logits, model(**inputs).logits
+    assert (a - base).abs().max() > 1e-2                    # the adapter does change the output
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    del ours, theirs

@@ -3,6 +3,12 @@
 A batch is either a dict of tensors with a "labels" entry (text: the model takes the other
 entries as keyword arguments and returns logits, or an object with .logits), or a tuple
 (inputs, labels) (vision: the model takes the inputs tensor).
+
+Labels are one class id per example (B,) for classifiers, or token-level (B, K) for causal
+LMs (peftlab/chat/data.py): next-token targets already shifted, aligned with the *last* K
+positions of the logits (B, L >= K, V), -100 where nothing is learned. A causal-LM batch may
+ask the model for those K positions only ("logits_to_keep": K); a model that returns all L
+is cut to the last K here, so both give the same loss.
 """
 
 from __future__ import annotations
@@ -40,9 +46,21 @@ def logits_of(model: nn.Module, inputs) -> torch.Tensor:
 
 
 def forward(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, labels) for a batch already on the model's device."""
+    """(logits, labels) for a batch already on the model's device. Token-level labels (B, K):
+    the logits' last K positions, (B, K, V)."""
     inputs, labels = split_batch(batch)
-    return logits_of(model, inputs), labels
+    logits = logits_of(model, inputs)
+    if labels is not None and labels.dim() == 2 and logits.dim() == 3:
+        logits = logits[:, logits.shape[1] - labels.shape[1]:]
+    return logits, labels
+
+
+def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                        reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy over every position whose label is not -100 (logits (..., V) in float32):
+    per example for classifiers, per supervised token for causal LMs."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                           ignore_index=-100, reduction=reduction)
 
 
 def loss_fn(model: nn.Module, batch) -> torch.Tensor:
@@ -50,4 +68,4 @@ def loss_fn(model: nn.Module, batch) -> torch.Tensor:
     fit(), and a ready `loss_fn` for pl.selection.apply."""
     device = next(model.parameters()).device
     logits, labels = forward(model, to_device(batch, device))
-    return F.cross_entropy(logits.float(), labels)
+    return token_cross_entropy(logits, labels)

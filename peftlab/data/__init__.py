@@ -19,8 +19,11 @@ split 80/10/10 (seeded).
     labels.py   label names <-> ids, the names a model carries, the num_labels check
     lengths.py  token lengths and a max_length chosen from the data
     load.py     load_dataset
+    chat.py     conversations for chat models: ChatSplit, load_chat_dataset (also pl.chat.*)
+    template.py ChatTemplate: the chat template, the system prompt and the answer-only mask
 """
 
+from peftlab.data.chat import ChatDatasetSplits, ChatSplit, load_chat_dataset
 from peftlab.data.labels import (
     LabelError,
     check_num_labels,
@@ -42,8 +45,8 @@ from peftlab.data.load import (
 from peftlab.data.readers import from_table, read_csv, read_jsonl, read_table
 from peftlab.data.splits import DatasetError, DatasetSplits, TextSplit, data_dir
 
-__all__ = ["DATASET_ENV", "DEFAULT_DATASET", "DatasetError", "DatasetSplits", "LabelError",
+__all__ = ["ChatDatasetSplits", "ChatSplit", "DATASET_ENV", "DEFAULT_DATASET", "DatasetError", "DatasetSplits", "LabelError",
            "SHIPPED", "TextSplit", "check_num_labels", "choose_max_length", "data_dir",
            "encode_labels", "env_max_length", "env_source", "from_table", "label_names_of",
-           "load_dataset", "load_dataset_from_env", "model_num_labels", "read_csv",
+           "load_chat_dataset", "load_dataset", "load_dataset_from_env", "model_num_labels", "read_csv",
            "read_jsonl", "read_table", "set_label_names", "token_lengths", "truncation_share"]

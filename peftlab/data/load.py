@@ -94,8 +94,12 @@ def _single(full: TextSplit, source: str, seed: int) -> DatasetSplits:
                          label_names=list(full.label_names))
 
 
+_CHAT_DEFAULT = object()
+
+
 def load_dataset(name=None, *, text_column: str = "text", label_column: str = "label",
-                 label_names: list[str] | None = None, seed: int = 0) -> DatasetSplits:
+                 label_names: list[str] | None = None, seed: int = 0,
+                 system=_CHAT_DEFAULT, supervise: str = "all"):
     """The train/validation/test splits of a shipped dataset or of your own data.
 
     name: None (the default shipped dataset, sentiment_contrast), a shipped name, the path of
@@ -105,7 +109,17 @@ def load_dataset(name=None, *, text_column: str = "text", label_column: str = "l
     label order (names become ids by this list; default: sorted). seed: the 80/10/10 split.
     Errors (DatasetError) name the file and line: missing columns, empty files, one class
     only, labels that mix ids and names, unknown labels in validation/test.
+
+    Chat data (JSON Lines records, or table columns, named "messages", or "prompt" and
+    "response") gives a ChatDatasetSplits of conversations instead (load_chat_dataset in
+    peftlab/data/chat.py; system / supervise: the system prompt and which assistant turns are
+    learned, see ChatSplit).
     """
+    if name is not None and not (isinstance(name, str) and name in SHIPPED):
+        from peftlab.data.chat import is_chat_source, load_chat_dataset
+        if is_chat_source(name):
+            chat = {} if system is _CHAT_DEFAULT else {"system": system}
+            return load_chat_dataset(name, seed=seed, supervise=supervise, **chat)
     kw = dict(text_column=text_column, label_column=label_column)
     if name is None or (isinstance(name, str) and name in SHIPPED):
         name = DEFAULT_DATASET if name is None else name

@@ -9,24 +9,26 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from peftlab.core.batches import forward, to_device
+from peftlab.core.batches import forward, to_device, token_cross_entropy
 from peftlab.core.state import eval_mode
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Iterable, device=None) -> dict:
-    """Mean loss and accuracy over `data` (model put in eval mode, restored after)."""
+    """Mean loss and accuracy over `data` (model put in eval mode, restored after): per
+    example for classifiers; per supervised token for causal LMs (accuracy: the share of
+    answer tokens predicted right, n: how many)."""
     device = device or next(model.parameters()).device
     total, correct, loss_sum = 0, 0, 0.0
     with eval_mode(model):
         for batch in data:
             logits, labels = forward(model, to_device(batch, device))
-            loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
-            correct += (logits.argmax(-1) == labels).sum().item()
-            total += labels.numel()
+            loss_sum += token_cross_entropy(logits, labels, reduction="sum").item()
+            seen = labels != -100
+            correct += ((logits.argmax(-1) == labels) & seen).sum().item()
+            total += seen.sum().item()
     if total == 0:
         raise ValueError("evaluate() got no batches.")
     return {"loss": loss_sum / total, "accuracy": correct / total, "n": total}
@@ -55,14 +57,20 @@ def check_labels(model: nn.Module, train, eval=None) -> None:
 
 
 def as_loader(data, tokenizer, batch_size, shuffle, seed, max_length, what):
-    """A re-iterable of batches with a len(): DataLoaders pass through; TextSplits and
-    map-style Datasets become seeded DataLoaders; generators are materialised."""
+    """A re-iterable of batches with a len(): DataLoaders pass through; TextSplits, ChatSplits
+    and map-style Datasets become seeded DataLoaders; generators are materialised.
+    max_length None: the split's default (32 tokens for a TextSplit; the longest example for
+    a ChatSplit)."""
     if data is None:
         return None
     if hasattr(data, "loader") and hasattr(data, "texts"):
         if tokenizer is None:
-            raise ValueError(f"fit() got a TextSplit for {what} but no tokenizer=: pass the "
-                             f"tokenizer from pl.models.text_classifier, or a DataLoader.")
+            kind = type(data).__name__
+            raise ValueError(f"fit() got a {kind} for {what} but no tokenizer=: pass the "
+                             f"tokenizer that came with the model (pl.models.text_classifier "
+                             f"or pl.models.chat_model), or a DataLoader.")
+        if max_length is None:
+            return data.loader(tokenizer, batch_size=batch_size, shuffle=shuffle, seed=seed)
         return data.loader(tokenizer, batch_size=batch_size, shuffle=shuffle, seed=seed,
                            max_length=max_length)
     if isinstance(data, torch.utils.data.Dataset) and not hasattr(data, "__iter__"):

@@ -79,6 +79,20 @@ def _schedule(name: str, total: int, warmup: int) -> Callable[[int], float]:
     raise ValueError(f"Unknown lr schedule {name!r}: use 'linear', 'cosine' or 'constant'.")
 
 
+def _checkpointing(model: nn.Module, on: bool) -> bool:
+    """Switch a transformers model's activation checkpointing on or off (non-reentrant, so
+    frozen inputs need no requires_grad); returns whether it was on. transformers >= 5.2x
+    calls it activation_checkpointing_*, older ones gradient_checkpointing_*."""
+    new = hasattr(model, "activation_checkpointing_enable")
+    prefix = "activation_checkpointing" if new else "gradient_checkpointing"
+    was = bool(getattr(model, "is_" + prefix, False))
+    if on:       # both take the checkpoint kwargs as their first argument
+        getattr(model, prefix + "_enable")({"use_reentrant": False})
+    else:
+        getattr(model, prefix + "_disable")()
+    return was
+
+
 def _make_optimizer(optimizer, params, lr, weight_decay):
     if not isinstance(optimizer, str):
         return optimizer(params)
@@ -176,19 +190,26 @@ def _memory(run: _Run, activations: int) -> dict:
 
 
 def fit(model: nn.Module, train, eval=None, *, epochs: float = 1, lr: float = 1e-3,
-        batch_size: int = 32, tokenizer=None, max_length: int = 32,
+        batch_size: int = 32, tokenizer=None, max_length: int | str | None = None,
         optimizer: str | Callable = "adamw", weight_decay: float = 0.0,
         max_grad_norm: float | None = 1.0, schedule: str = "linear", warmup: float = 0.06,
         max_steps: int | None = None, device=None, seed: int = 0, amp: bool = False,
         precision: str = "fp32", loss: Callable | None = None, callbacks: Iterable = (),
         progress: bool = True, eval_every_epoch: bool = True,
         checkpoint_every: int | None = None, checkpoint_dir: str | Path | None = None,
-        resume_from: str | Path | None = None) -> FitResult:
+        resume_from: str | Path | None = None, gradient_checkpointing: bool = False,
+        generate_eval: int | None = 64) -> FitResult:
     """Train the model's trainable parameters on `train`; evaluate on `eval` each epoch.
 
-    train / eval: DataLoaders (or any re-iterable of batches), or pl.data TextSplits with
-    `tokenizer=` (batch_size, max_length apply). epochs may be fractional; max_steps caps the
-    total. optimizer: "adamw", "sgd", or a callable params -> optimizer. warmup: fraction of
+    train / eval: DataLoaders (or any re-iterable of batches), or pl.data TextSplits /
+    ChatSplits with `tokenizer=` (batch_size, max_length apply; max_length None: 32 tokens for
+    texts, the longest example for conversations). A causal LM learns its answers only, with
+    logits computed only there (peftlab/data/chat.py); eval gives the held-out loss per answer
+    token each epoch and, at the end, exact match of greedy answers to the first
+    `generate_eval` eval conversations (evals[-1]["exact_match"]; None or 0: skip).
+    gradient_checkpointing: recompute each layer's activations in backward instead of keeping
+    them (transformers models; result.memory["activations"] shows the saving). epochs may be
+    fractional; max_steps caps the total. optimizer: "adamw", "sgd", or a callable params -> optimizer. warmup: fraction of
     steps (a float) or a step count (an int). schedule: "linear", "cosine" or "constant".
     loss: loss(model, batch) -> scalar; default cross-entropy (train.loss_fn).
     precision: "fp32" (default), "bf16", "fp16" (CUDA) or "auto" (see train/precision.py:
@@ -197,9 +218,9 @@ def fit(model: nn.Module, train, eval=None, *, epochs: float = 1, lr: float = 1e
     on_step_end, on_epoch_end, on_train_end(state), or plain callables (called per step).
     seed: seeds Python, NumPy and torch's generators and the shuffling; fit switches no other
     global setting (for deterministic kernels call pl.runtime.seed_everything yourself).
-    Under torchrun, trains data-parallel (see the module docstring).
-    TextSplits with label names: the model's head must match (a clear error if not) and
-    model.config.id2label gets the names. max_length="auto" chooses it from the texts.
+    Under torchrun, trains data-parallel (see the module docstring). TextSplits with label
+    names: the model's head must match (a clear error if not) and model.config.id2label gets
+    the names. max_length="auto" chooses it from the texts.
     checkpoint_dir / checkpoint_every: save a checkpoint every N steps (and when a callback
     stops the run) in checkpoint_dir; resume_from: a checkpoint (or a folder of them) to
     continue from, with the same model setup and arguments: the run then ends with the same
@@ -212,6 +233,10 @@ def fit(model: nn.Module, train, eval=None, *, epochs: float = 1, lr: float = 1e
                          f"got checkpoint_every={checkpoint_every!r}, "
                          f"checkpoint_dir={checkpoint_dir!r}")
     check_labels(model, train, eval)
+    if gradient_checkpointing and not hasattr(model, "gradient_checkpointing_enable"):
+        raise ValueError(f"gradient_checkpointing=True needs a transformers model (one with "
+                         f"gradient_checkpointing_enable()); {type(model).__name__} has none. "
+                         f"Wrap its blocks in torch.utils.checkpoint yourself, or leave it off.")
     device = get_device(device)
     world_size, rank, _ = world()
     if world_size > 1:
@@ -220,6 +245,7 @@ def fit(model: nn.Module, train, eval=None, *, epochs: float = 1, lr: float = 1e
     prec = resolve_precision(precision, device, amp)        # validates before any change
     announce(prec)
     seed_everything(seed, deterministic=False)
+    eval_split = eval if hasattr(eval, "conversations") else None   # chat: scored at the end
     train = as_loader(train, tokenizer, batch_size, True, seed, max_length, "train")
     eval = as_loader(eval, tokenizer, batch_size * 2, False, seed, max_length, "eval")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -249,6 +275,8 @@ def fit(model: nn.Module, train, eval=None, *, epochs: float = 1, lr: float = 1e
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     measure.reset_peak_rss()
+
+    checkpointing = _checkpointing(model, True) if gradient_checkpointing else None
 
     from tqdm.auto import tqdm
     bar = tqdm(total=total, desc="training", disable=not progress, leave=False)
@@ -303,6 +331,16 @@ def fit(model: nn.Module, train, eval=None, *, epochs: float = 1, lr: float = 1e
                           f"accuracy {metrics['accuracy']:.4f}")
         _call(callbacks, "on_epoch_end", state)
     bar.close()
+    if checkpointing is False:
+        _checkpointing(model, False)
+    if eval_split is not None and generate_eval and evals and not stopped:
+        from peftlab.chat.generate import score
+        scored = score(model, tokenizer, eval_split, max_examples=generate_eval)
+        evals[-1].update(exact_match=scored["exact_match"], generated=scored["n"])
+        state.eval_metrics = evals[-1]
+        if progress:
+            bar.write(f"greedy generation on {scored['n']} eval conversations: exact match "
+                      f"{scored['exact_match']:.3f}")
     _call(callbacks, "on_train_end", state)
     trainable, n_total = measure.count_parameters(model)
     return FitResult(history=history, evals=evals, trainable=trainable, total=n_total,
