@@ -10,6 +10,7 @@ import sys
 import pytest
 import timing
 import torch
+from export_fixtures import tiny_tokenizer
 from transformers import AutoModelForSequenceClassification
 
 import peftlab as pl
@@ -81,13 +82,13 @@ def test_export_of_the_active_named_adapter_and_other_methods(tmp_path):
     model = pl.load_adapter(_bert(), pl.save_adapter(a, tmp_path / "a"))
     pl.load_adapter(model, pl.save_adapter(b, tmp_path / "b"), name="b")
     pl.set_adapter(model, "b")
-    out = pl.export_merged(model, tmp_path / "exp")
+    out = pl.export_merged(model, tmp_path / "exp", tokenizer=tiny_tokenizer())
     loaded = AutoModelForSequenceClassification.from_pretrained(out)
     assert torch.allclose(logits(loaded, IDS), logits(b, IDS), atol=1e-4)
     sel = randomise(pl.adalora.to_lora(randomise(pl.adalora.apply(_bert(), pl.adalora.AdaLoraConfig(
         init_r=4, target_r=2, targets=["value"], total_steps=10)), 4)), 5)
     loaded = AutoModelForSequenceClassification.from_pretrained(
-        pl.export_merged(sel, tmp_path / "ada"))
+        pl.export_merged(sel, tmp_path / "ada", tokenizer=tiny_tokenizer()))
     assert torch.allclose(logits(loaded, IDS), logits(sel, IDS), atol=1e-4)
     prefix = pl.prefix.apply(_bert(), pl.prefix.PrefixConfig(num_virtual_tokens=2))
     with pytest.raises(ValueError, match="cannot be merged"):
@@ -96,12 +97,13 @@ def test_export_of_the_active_named_adapter_and_other_methods(tmp_path):
     with pytest.raises(TypeError, match="save_pretrained"):
         pl.export_merged(torch.nn.Linear(2, 2), tmp_path / "lin")
     with pytest.raises(ValueError, match="label names|outputs|names"):
-        pl.export_merged(a, tmp_path / "bad", label_names=["x", "y", "z"])
+        pl.export_merged(a, tmp_path / "bad", label_names=["x", "y", "z"],
+                         tokenizer=tiny_tokenizer())
 
 
 def test_export_is_atomic(tmp_path):
     model = randomise(pl.lora.apply(_bert(), pl.lora.LoraConfig(r=2, targets=["query"])), 1)
-    first = pl.export_merged(model, tmp_path / "exp")
+    first = pl.export_merged(model, tmp_path / "exp", tokenizer=tiny_tokenizer())
     before = (first / "model.safetensors").read_bytes()
 
     class Broken:
@@ -110,9 +112,9 @@ def test_export_is_atomic(tmp_path):
 
     randomise(model, 9)
     with pytest.raises(OSError, match="disk full"):
-        pl.export_merged(model, tmp_path / "exp", tokenizer=Broken())
+        pl.export_merged(model, tmp_path / "exp", tokenizer=Broken(), check=False)
     assert (first / "model.safetensors").read_bytes() == before   # the old export survives
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]  # no temp folder left
-    pl.export_merged(model, tmp_path / "exp")                     # replaced once complete
+    pl.export_merged(model, tmp_path / "exp", tokenizer=tiny_tokenizer())   # replaced when complete
     assert (first / "model.safetensors").read_bytes() != before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]

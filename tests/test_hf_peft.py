@@ -170,7 +170,7 @@ def _hf_folder(tiny_bert, tmp_path, **kw):
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"r": 4, "use_dora": True}, "use_dora"),
+    ({"r": 4, "lora_bias": True}, "lora_bias=True"),    # (use_dora: DoRA, tests/test_dora.py)
     ({"r": 4, "bias": "lora_only"}, "bias='lora_only'"),
 ])
 def test_unsupported_hf_features_raise(tiny_bert, tmp_path, kw, match):
@@ -203,8 +203,8 @@ def test_peft_rank_and_alpha_pattern_load_with_the_same_logits(tiny_bert, tmp_pa
 def test_bad_hf_files(tiny_bert, tmp_path):
     folder = _hf_folder(tiny_bert, tmp_path, r=2)
     cfg = json.loads((folder / HF_CONFIG_FILE).read_text())
-    (folder / HF_CONFIG_FILE).write_text(json.dumps({**cfg, "peft_type": "IA3"}))
-    with pytest.raises(AdapterError, match="peft_type 'IA3'"):
+    (folder / HF_CONFIG_FILE).write_text(json.dumps({**cfg, "peft_type": "LOHA"}))  # not ours
+    with pytest.raises(AdapterError, match="peft_type 'LOHA'"):
         pl.load_adapter(tiny_bert, folder)
     (folder / HF_CONFIG_FILE).write_text(json.dumps(cfg))
     t = load_file(folder / WEIGHTS_FILE)

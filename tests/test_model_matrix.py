@@ -115,18 +115,25 @@ LORA_TARGETS = {"bert": ["query", "value"], "gpt2": ["c_attn", "wte"],   # wte: 
 LINEAR_TARGETS = {"bert": ["query", "value"], "gpt2": ["c_attn"], "llama": ["q_proj", "k_proj"],
                   "cnn": ["hidden"]}
 STEPS = 3
-TRANSFORMERS_ONLY = ("prefix", "prompt")
+TRANSFORMERS_ONLY = ("prefix", "prompt", "bottleneck")
 
 
 def apply(method: str, model: nn.Module, arch: str) -> nn.Module:
     if method == "lora":
         return pl.lora.apply(model, pl.lora.LoraConfig(r=2, alpha=4, targets=LORA_TARGETS[arch]))
+    if method == "qlora":                  # keep_base: unload gives the float base back
+        return pl.qlora.apply(model, pl.qlora.QLoraConfig(r=2, alpha=4, keep_base=True,
+                                                          targets=LINEAR_TARGETS[arch]))
+    if method == "ia3":                    # the model type's defaults; the CNN has none
+        return pl.ia3.apply(model, pl.ia3.IA3Config(targets=["hidden"] if arch == "cnn" else None))
     if method == "adalora":
         return pl.adalora.apply(model, pl.adalora.AdaLoraConfig(
             init_r=4, target_r=2, targets=LINEAR_TARGETS[arch], total_steps=STEPS, tfinal=1))
     if method == "selection":
         return pl.selection.apply(model, pl.selection.SelectionConfig(fraction=0.05),
                                   batches=batches(arch, 2), loss_fn=loss_fn)
+    if method == "bottleneck":             # Houlsby after attention and FFN, 4 wide
+        return pl.bottleneck.apply(model, pl.bottleneck.BottleneckConfig(bottleneck_size=4))
     if method == "prefix":
         return pl.prefix.apply(model, pl.prefix.PrefixConfig(num_virtual_tokens=3))
     if method == "prompt":
@@ -171,8 +178,9 @@ def unload(method: str, model: nn.Module) -> nn.Module:
 
 
 MERGE = {"lora": (pl.lora.merge, pl.lora.unmerge),
-         "adalora": (pl.adalora.merge, pl.adalora.unmerge)}
-HF_FORMAT = ("lora", "adalora")
+         "adalora": (pl.adalora.merge, pl.adalora.unmerge),
+         "ia3": (pl.ia3.merge, pl.ia3.unmerge)}
+HF_FORMAT = ("lora", "adalora", "ia3")
 ARCHS = ["bert", "gpt2", "llama", "cnn"]
 # every registered method (full in two of its modes), from the registry
 METHODS = [m for n in pl.core.registry.names()
@@ -200,10 +208,16 @@ def test_bring_your_own_model(arch, method, tmp_path):
             apply(method, model, arch)
         assert pl.core.get_method(model) is None
         return
+    if arch == "llama" and method == "full-bitfit":      # no biases: BitFit is refused, so
+        with pytest.raises(ValueError, match="this model has no biases"):   # told
+            apply(method, model, arch)
+        assert pl.core.get_method(model) is None
+        return
 
     # apply: the methods that start at the base change no output
     apply(method, model, arch)
-    if method in ("lora", "adalora", "selection") or method.startswith("full"):
+    if method in ("lora", "adalora", "selection", "ia3", "bottleneck") \
+            or method.startswith("full"):
         torch.testing.assert_close(logits(model, probe), want_base, atol=1e-6, rtol=0)
 
     # train a few steps: the trainable parameters move, nothing else does
@@ -235,6 +249,9 @@ def test_bring_your_own_model(arch, method, tmp_path):
         torch.testing.assert_close(logits(model, probe), want, atol=1e-5, rtol=0)
         unmerge(model)
         torch.testing.assert_close(logits(model, probe), want, atol=1e-5, rtol=0)
+    elif method == "qlora":                # merge: into the dequantized float base
+        merged = pl.qlora.unload(copy.deepcopy(model), merge=True)
+        torch.testing.assert_close(logits(merged, probe), want, atol=1e-5, rtol=0)
     elif method == "selection":
         merged = pl.selection.merge(copy.deepcopy(model))
         torch.testing.assert_close(logits(merged, probe), want, atol=1e-5, rtol=0)

@@ -280,7 +280,8 @@ def tiny_bert_with_vocab(vocab: int):
 
 SETTINGS = {"r": 2, "alpha": None, "dropout": 0.0, "targets": None, "target_r": None,
             "virtual_tokens": 3, "fraction": 0.01, "seed": 0, "batch_size": 8,
-            "max_length": 16}
+            "max_length": 16,
+            "keep_base": True}   # qlora: keep the float originals, so unload is bit for bit
 
 
 @pytest.mark.parametrize("choice", list(registry.train_entries()))
@@ -379,9 +380,10 @@ def test_the_derived_tables_match_the_registry():
     from peftlab.io import hf_peft
 
     assert hf_peft.peft_types() == {"LORA": "lora", "ADALORA": "adalora",
-                                    "PREFIX_TUNING": "prefix", "PROMPT_TUNING": "prompt"}
-    assert cm.names() == ("full", "head", "bitfit", "lora", "prefix", "prompt", "selection",
-                          "adalora")
+                                    "PREFIX_TUNING": "prefix", "PROMPT_TUNING": "prompt",
+                                    "IA3": "ia3"}
+    assert cm.names() == ("full", "head", "bitfit", "lora", "qlora", "prefix", "prompt",
+                          "bottleneck", "bottleneck_parallel", "selection", "adalora", "ia3")
     assert cm.learning_rate("lora") == 3e-3
     assert list(pl.compare.TEXT_METHODS) == ["full", "head", "lora", "lora_qv", "prefix",
                                              "prompt", "selection", "adalora"]

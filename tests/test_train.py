@@ -43,9 +43,16 @@ def apply_method(name, model, batches):
     elif name == "selection":
         pl.selection.apply(model, pl.selection.SelectionConfig(fraction=0.02),
                            batches=batches, loss_fn=tr.loss_fn)
+    elif name == "qlora":
+        pl.qlora.apply(model, pl.qlora.QLoraConfig(r=2, targets=["query", "value"]))
     elif name == "adalora":
         pl.adalora.apply(model, pl.adalora.AdaLoraConfig(init_r=4, target_r=2,
                                                          total_steps=6, tinit=1, tfinal=2))
+    elif name == "ia3":
+        pl.ia3.apply(model, pl.ia3.IA3Config())
+    elif name in ("bottleneck", "bottleneck_parallel"):
+        pl.bottleneck.apply(model, pl.bottleneck.BottleneckConfig(
+            bottleneck_size=4, style="serial" if name == "bottleneck" else "parallel"))
     else:
         raise AssertionError(f"no small config for the registered method {name!r} here")
     return model

@@ -26,6 +26,20 @@ def check_supported(model: nn.Module, who: str = "prefix tuning") -> None:
     if getattr(cfg, "is_encoder_decoder", False):
         raise TypeError(f"{who} in peftlab supports encoder-only and decoder-only models; "
                         f"{type(model).__name__} is an encoder-decoder. Use pl.lora instead.")
+    try:
+        emb = model.get_input_embeddings()
+    except (NotImplementedError, AttributeError):     # e.g. a CNN: its inputs are pixels
+        emb = None
+    if not isinstance(emb, nn.Embedding):
+        what = "does not implement get_input_embeddings()" if emb is None else \
+            f"takes its inputs through a {type(emb).__name__}"
+        needs = ("joins learned keys and values to the attention of a model that reads token "
+                 "ids" if who.startswith("prefix") else "prepends learned vectors to the token "
+                 "embeddings")
+        raise TypeError(f"{who} {needs}, but {type(model).__name__} has no token embedding "
+                        f"table (nn.Embedding): it {what}, so there are no input tokens "
+                        f"to extend (image and audio models take pixel or signal values). Use "
+                        f"pl.lora (e.g. targets='all-linear' or [nn.Conv2d]) or pl.full.")
 
 
 def attention_of(model: nn.Module) -> str | None:

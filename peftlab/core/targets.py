@@ -34,6 +34,10 @@ def _as_list(targets) -> list:
         return []
     if isinstance(targets, (str, type, re.Pattern)):
         return [targets]
+    if isinstance(targets, (bytes, dict)) or not hasattr(targets, "__iter__"):
+        raise TargetError(f"Targets {targets!r} are neither one target nor a list of them: give "
+                          f"a name ('query'), a 're:' pattern, a module type, 'all-linear', "
+                          f"or a list of these.")
     return list(targets)
 
 
@@ -66,6 +70,38 @@ def describe_modules(model: nn.Module, limit: int = 12) -> str:
     return f"module names end in: {common}{more}; module types: {tys}"
 
 
+# what other architectures call the attention projections a BERT-style name means
+ALIASES = {"query": ("q_proj", "q_lin", "c_attn", "qkv_proj", "Wqkv"),
+           "key": ("k_proj", "k_lin", "c_attn", "qkv_proj", "Wqkv"),
+           "value": ("v_proj", "v_lin", "c_attn", "qkv_proj", "Wqkv")}
+
+
+def _why_no_match(model: nn.Module, spec, named) -> str:
+    """The reason a target matched nothing, when there is one to tell: 'all-linear' on a model
+    whose only linear layer is its head (or that has none), or a BERT-style name on a model
+    that calls the same projections differently."""
+    if spec == "all-linear":
+        linear = [n for n, m in named if is_base(m, "linear")]
+        if linear:
+            return (f": 'all-linear' takes every linear layer except the output head, and its "
+                    f"only linear layers are the head ({', '.join(linear[:3])}); name the layers "
+                    f"to adapt (e.g. targets=[nn.Conv2d] or their names)")
+        return (": it has no linear layers at all ('all-linear' takes nn.Linear / Conv1D); "
+                "name the layers to adapt (e.g. targets=[nn.Conv2d] or their names)")
+    if isinstance(spec, str) and spec in ALIASES:
+        suffixes = {n.rsplit(".", 1)[-1] for n, _ in named}
+        own = {k: next((a for a in v if a in suffixes), None) for k, v in ALIASES.items()}
+        if own[spec]:
+            pair = list(dict.fromkeys(a for a in (own["query"], own["value"]) if a))
+            return (f": {spec!r} is BERT's name for an attention projection (the default "
+                    f"targets are ['query', 'value']) and this model calls it {own[spec]!r}; "
+                    f"pass its own names (targets={pair}) or targets='all-linear'")
+        return (f": {spec!r} is BERT's name for an attention projection (the default targets "
+                f"are ['query', 'value']) and this model has none by that or a related name; "
+                f"name the layers to adapt (targets='all-linear', [nn.Conv2d] or their names)")
+    return ""
+
+
 def find_targets(model: nn.Module, targets, allowed: tuple[type, ...] = (nn.Module,),
                  method: str = "this method") -> list[str]:
     """Full names of the modules matched by `targets`, in model order.
@@ -84,8 +120,8 @@ def find_targets(model: nn.Module, targets, allowed: tuple[type, ...] = (nn.Modu
         # a wrapper's own children (base_layer, lora_A ...) are never targets themselves
         hits = [n for n in hits if ".base_layer" not in n and ".lora_" not in n]
         if not hits:
-            raise TargetError(f"Target {spec!r} matched no module of {type(model).__name__}; "
-                              f"{describe_modules(model)}.")
+            raise TargetError(f"Target {spec!r} matched no module of {type(model).__name__}"
+                              f"{_why_no_match(model, spec, named)}; {describe_modules(model)}.")
         chosen.extend(h for h in hits if h not in chosen)
     modules = dict(named)
     adapted = [n for n in chosen if isinstance(modules[n], AdapterLayer)]

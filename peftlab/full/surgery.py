@@ -21,7 +21,7 @@ from torch import nn
 from peftlab.core.adapt import Plan, adapt, heads_for
 from peftlab.core.heads import HEAD_NAMES, tied_heads
 from peftlab.core.state import digest, get_method, method_state, restore, unmark
-from peftlab.full.full import MODES, trained_names
+from peftlab.full.full import MODES, bias_names, trained_names
 
 
 @dataclass
@@ -54,6 +54,13 @@ class FullConfig:
 
 def _plan(model: nn.Module, config: FullConfig) -> Plan:
     mode = config.mode
+    if mode == "bitfit" and not bias_names(model):
+        raise ValueError(f"mode='bitfit' trains the model's biases, but this model has no biases "
+                         f"(none of the {len(list(model.parameters()))} parameter tensors of "
+                         f"{type(model).__name__} is a bias; Llama-style models are built "
+                         f"without them), so BitFit would train nothing of its own. Train the "
+                         f"head alone with FullConfig(mode='head'), or add parameters with "
+                         f"pl.lora / pl.ia3.")
     heads = [] if mode == "all" else heads_for(model, config.modules_to_save, label="a full")
     if mode != "all" and not heads and config.modules_to_save is None:
         tied = tied_heads(model)
@@ -64,9 +71,10 @@ def _plan(model: nn.Module, config: FullConfig) -> Plan:
                              f"the input embeddings too. Name what to train with "
                              f"FullConfig(modules_to_save=['...']) (naming {head!r} trains the "
                              f"tied matrix on purpose).")
+        alone = " (or modules_to_save=[] to train the biases alone)" if mode == "bitfit" else ""
         raise ValueError(f"mode={mode!r} trains the output head, but none was found (looked "
                          f"for modules named {', '.join(HEAD_NAMES)}); name it with "
-                         f"FullConfig(modules_to_save=['...']).")
+                         f"FullConfig(modules_to_save=['...']){alone}.")
     if mode == "head" and not heads:
         raise ValueError("mode='head' with modules_to_save=[] would train nothing; name the "
                          "head (FullConfig(modules_to_save=['classifier'])) or leave "

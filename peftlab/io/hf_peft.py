@@ -25,11 +25,13 @@ no prefix; their modules handle that themselves.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
-from peftlab.core.errors import AdapterError
 from peftlab.core import registry
+from peftlab.core.errors import AdapterError
 from peftlab.core.registry import method_module
 from peftlab.core.state import get_method
 
@@ -39,6 +41,11 @@ def peft_types() -> dict[str, str]:
     return {s.hf_peft_type: s.name for s in registry.specs().values() if s.hf_peft_type}
 
 
+# peft types a method reads beside its spec's own: peft's VeRA is a LoRA variant in peftlab
+# (peftlab/lora/vera.py); peftlab.lora's from_hf_peft dispatches on peft_type
+ALSO_READ = {"VERA": "lora"}
+
+
 def __getattr__(name: str):
     if name == "PEFT_TYPES":                 # the table, derived from the registry
         return peft_types()
@@ -46,6 +53,23 @@ def __getattr__(name: str):
 
 
 PREFIX = "base_model.model."
+
+
+class _NoKernelsHubNote(logging.Filter):
+    """Drops the one note bitsandbytes logs when it is imported (peft imports it whenever it
+    is installed) on CPUs with AVX512-BF16: "Failed to load CPU gemm_4bit_forward from
+    kernels-community ..." (bitsandbytes/backends/cpu/ops.py asks the Hugging Face hub, via
+    the `kernels` package, for an optional CPU kernel). peftlab never uses that kernel (its
+    NF4 is its own, peftlab/qlora), and offline the note lands in every output that imports
+    peft. Any other bitsandbytes message passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "kernels-community" not in str(record.msg)
+
+
+_BNB_CPU_LOG = logging.getLogger("bitsandbytes.backends.cpu.ops")
+if not any(type(f).__name__ == "_NoKernelsHubNote" for f in _BNB_CPU_LOG.filters):
+    _BNB_CPU_LOG.addFilter(_NoKernelsHubNote())
 
 
 def _error(msg: str) -> AdapterError:
@@ -70,7 +94,7 @@ def import_(hf_cfg: dict, tensors: dict[str, torch.Tensor]):
     if not isinstance(hf_cfg, dict):
         raise _error("adapter_config.json must hold a JSON object.")
     peft_type = str(hf_cfg.get("peft_type", "")).upper()
-    types = peft_types()
+    types = {**peft_types(), **ALSO_READ}
     if peft_type not in types:
         raise _error(f"adapter_config.json has peft_type {hf_cfg.get('peft_type')!r}; peftlab "
                      f"reads {', '.join(types)}.")

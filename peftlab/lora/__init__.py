@@ -6,12 +6,15 @@
     named.py    several named adapters on one base, mixed-adapter batches (heads.py: their
                 heads; routing.py: the per-layer routing)
     fused.py    the fused fast path; variants.py: the LoRA variant seam (DoRA, VeRA, ...)
+    dora.py     DoRA (Liu et al. 2024): LoraConfig(variant="dora")
+    vera.py     VeRA (Kopiczko et al. 2024): VeraConfig(...) = LoraConfig(variant="vera") + knobs
 
     cfg = pl.lora.LoraConfig(r=8, alpha=16, targets=["query", "value"])
     pl.lora.apply(model, cfg); pl.lora.merge(model); pl.lora.unmerge(model)
     pl.lora.unload(model, merge=True)    # merged and plain; unload(model): the base back
 """
 
+from peftlab.lora import dora, vera  # noqa: F401  (registers the variants)
 from peftlab.lora.format import (
     HF_UNSUPPORTED,
     adapter_state_dict,
@@ -54,6 +57,7 @@ from peftlab.lora.surgery import (
     unload,
     unmerge,
 )
+from peftlab.lora.vera import VeraConfig
 
 __all__ = [
     "HF_UNSUPPORTED",
@@ -65,6 +69,7 @@ __all__ = [
     "LoraLayer",
     "LoraLinear",
     "LoraParts",
+    "VeraConfig",
     "active_adapter",
     "adapter_names",
     "adapter_state_dict",

@@ -17,6 +17,7 @@ from peftlab.core.layers import is_conv1d
 from peftlab.core.state import get_config
 from peftlab.io import hf_peft
 from peftlab.io.files import check_state
+from peftlab.lora import variants as lora_variants
 from peftlab.lora.surgery import LoraConfig, lora_layers
 
 # --- saving / loading (the registry protocol; see adapters.py) ----------------------------------
@@ -66,7 +67,8 @@ def to_hf_peft(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
     Per-layer ranks and alphas (AdaLoRA's to_lora) go to rank_pattern / alpha_pattern, keyed
     by full module name, only where they differ from r / lora_alpha."""
     cfg: LoraConfig = get_config(model)
-    if cfg.variant != "lora":
+    export = getattr(lora_variants.get(cfg.variant), "to_hf_peft", None)   # DoRA, VeRA
+    if cfg.variant != "lora" and export is None:
         raise AdapterError(f"This LoRA uses the variant {cfg.variant!r}, which peftlab cannot "
                            f"write in the Hugging Face PEFT format (plain LoRA only); save it "
                            f"with format='peftlab'.")
@@ -83,7 +85,8 @@ def to_hf_peft(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
         "layers_to_transform": None,
         "layers_pattern": None, "exclude_modules": None,
         **HF_UNSUPPORTED})
-    return hf_cfg, hf_peft.add_prefix(adapter_state_dict(model))
+    tensors = hf_peft.add_prefix(adapter_state_dict(model))
+    return export(model, hf_cfg, tensors) if export is not None else (hf_cfg, tensors)
 
 
 def from_hf_peft(hf_cfg: dict, tensors: dict[str, torch.Tensor]):
@@ -92,13 +95,23 @@ def from_hf_peft(hf_cfg: dict, tensors: dict[str, torch.Tensor]):
     Targets and modules_to_save are read off the tensor names (exact), r / alpha / dropout /
     rsLoRA off the config; each layer's rank off its tensors and its alpha off alpha_pattern
     (matched as peft does: the key is the full name or a suffix of it). Features peftlab's
-    LoRA does not have raise AdapterError.
+    LoRA does not have raise AdapterError. use_dora=True reads as variant="dora"; a VeRA
+    adapter (peft_type VERA) is read by peftlab/lora/vera.py.
     """
+    if str(hf_cfg.get("peft_type", "")).upper() == "VERA":
+        from peftlab.lora.vera import from_hf_peft as from_vera
+        return from_vera(hf_cfg, tensors)
+    variant = "dora" if hf_cfg.get("use_dora") is True else "lora"
     for key, plain in HF_UNSUPPORTED.items():
+        if key == "use_dora" and variant == "dora":
+            continue
         if hf_cfg.get(key) is not None and hf_cfg[key] != plain:
             raise AdapterError(f"This Hugging Face LoRA adapter uses {key}={hf_cfg[key]!r}, "
                                f"which peftlab's LoRA does not implement; load it with peft.")
     tensors = hf_peft.strip_prefix(tensors)
+    if variant == "dora":
+        from peftlab.lora.dora import from_hf_tensors
+        tensors = from_hf_tensors(tensors)
     targets = sorted({k.split(".lora_")[0] for k in tensors if ".lora_" in k})
     heads = sorted({k.rsplit(".", 1)[0] for k in tensors
                     if ".lora_" not in k and ".base_layer." not in k})
@@ -118,7 +131,8 @@ def from_hf_peft(hf_cfg: dict, tensors: dict[str, torch.Tensor]):
                             dropout=float(hf_cfg.get("lora_dropout", 0.0)), targets=targets,
                             modules_to_save=heads, rslora=bool(hf_cfg.get("use_rslora", False)),
                             rank_pattern={n: k for n, k in ranks.items() if k != r},
-                            alpha_pattern={n: a for n, a in alphas.items() if a != alpha})
+                            alpha_pattern={n: a for n, a in alphas.items() if a != alpha},
+                            variant=variant)
     except ValueError as e:
         raise AdapterError(f"The Hugging Face adapter config is not valid for peftlab: {e}") from e
     return "lora", config, tensors

@@ -48,6 +48,7 @@ from peftlab.lora.lora import (
     LoraEmbedding,
     LoraLayer,
     LoraLinear,
+    dims,
     lora_scale,
     max_rank,
 )
@@ -152,11 +153,11 @@ def plan(model: nn.Module, config: LoraConfig) -> tuple[list[tuple[str, nn.Modul
             raise TargetError(f"LoRA supports Conv2d with groups=1 only; {name} has groups="
                               f"{module.groups}. Leave it out of the targets.")
         limit, r = max_rank(module), config.rank_of(name)
-        if r > limit:
+        if r > limit and lora_variants.get(config.variant).rank_limited:
             raise ValueError(f"r={r} is larger than {name} ({type(module).__name__}) allows: "
                              f"its update has rank at most {limit}. Use r <= {limit}, or "
                              f"leave {name} out of the targets.")
-        rows.append((name, module, LoraLayer.count(module, r)))
+        rows.append((name, module, lora_variants.get(config.variant).count(*dims(module), r)))
     unused = [k for k in {**config.rank_pattern, **config.alpha_pattern}
               if not any(n == k or n.endswith("." + k) for n in names)]
     if unused:
@@ -207,6 +208,7 @@ def apply(model: nn.Module, config: LoraConfig | None = None) -> nn.Module:
     def _plan() -> Plan:
         rows, heads = plan(model, config)
         layers = {name: _wrap(name, module, config) for name, module, _ in rows}  # model untouched
+        lora_variants.get(config.variant).prepare(layers, config)   # checks; shared tensors
         return Plan(list(layers), heads, parts=layers)
 
     def _attach(p: Plan) -> None:

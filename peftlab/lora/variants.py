@@ -12,6 +12,15 @@ has p.lora_A, p.lora_B (or lora_embedding_A / _B), p.lora_dropout and p.scale:
                                merge folds the variant in exactly      (how it merges)
     unmerge_delta(layer, p)    the same W' - W computed from the merged weight W' (default:
                                delta, right when the update does not depend on W)
+    prepare(layers, config)    once every layer of the adapter is built, before the model
+                               changes: check them by name, and build what they share (VeRA's
+                               one random pair A, B); raise here to refuse the config
+    count(d_in, d_out, r)      the trainable numbers the variant adds per layer (plan, budgets)
+    rank_limited               whether r <= min(d_in, d_out) is required (VeRA: no, its r is
+                               the shared random pair's, free of the layer's shape)
+
+Optional, for the Hugging Face PEFT format: to_hf_peft(model, hf_cfg, tensors) -> (hf_cfg,
+tensors) rewrites plain LoRA's export (a variant without it is refused: format="peftlab").
 
 Plain LoRA is the base class: update = y + layer._update(p, x) (scale * B A dropout(x), the
 formula each layer class of lora.py writes out), delta = layer._delta(p) (scale * B @ A).
@@ -34,6 +43,7 @@ class LoraVariant:
     """Plain LoRA (Hu et al., 2021); subclass and override to make a variant."""
 
     name = "lora"
+    rank_limited = True
 
     def build(self, layer: nn.Module, p: nn.Module) -> None:
         """Add the variant's own tensors to p (plain LoRA has none)."""
@@ -51,6 +61,16 @@ class LoraVariant:
         """W' - W while the base holds the merged W' (a variant whose update depends on W,
         like DoRA's column norms, recovers W from W' here)."""
         return self.delta(layer, p)
+
+    def prepare(self, layers: dict[str, nn.Module], config) -> None:
+        """All layers {target name: layer} of one adapter, built, not yet in the model: check
+        them together and add what they share (plain LoRA: nothing). Raising here leaves the
+        model unchanged."""
+
+    def count(self, d_in: int, d_out: int, r: int) -> int:
+        """Trainable numbers per layer: r * (d_in + d_out) for A and B (conv: d_in counts the
+        kernel)."""
+        return r * (d_in + d_out)
 
 
 # the registry of variants: {name: an instance}; register() adds to it

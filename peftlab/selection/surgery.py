@@ -190,6 +190,11 @@ def _plan(model: nn.Module, config: SelectionConfig, heads: list[str], batches, 
     Plan.parts: {parameter: mask} of the partially selected tensors; Plan.keep: the tensors
     that train densely (the heads' parameters, wholly selected tensors)."""
     head_params = candidate_names(model, heads) if heads else []
+    if not candidate_names(model, config.targets, exclude=heads):
+        raise ValueError(f"selection has nothing to select: {type(model).__name__} has no "
+                         f"parameters outside its head ({', '.join(heads) or 'none'}) among the "
+                         f"targets ({config.targets or 'every parameter'}). Widen targets, or "
+                         f"pass modules_to_save=[] to select within the head too.")
     total = sum(p.numel() for p in model.parameters())
     budget = resolve_count(total, config.fraction, config.count)
     named = dict(model.named_parameters())
@@ -210,6 +215,11 @@ def _plan(model: nn.Module, config: SelectionConfig, heads: list[str], batches, 
     if missing:
         raise ValueError(f"scores= lacks {len(missing)} candidate parameters, e.g. {missing[0]}; "
                          f"compute them with the same targets as the config.")
+    if all(not bool(scores[n].any()) for n in cands):
+        raise ValueError("selection has nothing to select by: every score is 0, so the loss's "
+                         "gradient reaches none of the candidate parameters (does loss_fn use the "
+                         "model's output, and do the batches carry labels?). Choosing entries "
+                         "from all-zero scores would be arbitrary; fix loss_fn or the batches.")
     k = budget - n_head
     n_cand = sum(named[n].numel() for n in cands)
     if k > n_cand:

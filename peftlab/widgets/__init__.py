@@ -7,6 +7,7 @@
     pl.widgets.RankAllocationViewer(model)                AdaLoRA ranks over steps + budget
     pl.widgets.PrefixViewer(model, tokenizer)             attention to virtual tokens
     pl.widgets.ServeMonitor("http://127.0.0.1:8000")      a running server's metrics
+    pl.widgets.FitExplorer()                              will it fit 16 / 24 / 48 GB? (pl.estimate)
 
 Each is a plain object: `.widget` is what a notebook shows (the object also displays itself
 as the last value of a cell), and every number and figure is reachable without a browser
@@ -27,6 +28,7 @@ _WHERE = {
     "PrefixViewer": "prefix_viewer",
     "TradeoffExplorer": "tradeoff",
     "ServeMonitor": "serve_monitor",
+    "FitExplorer": "fits",
 }
 
 __all__ = list(_WHERE)

@@ -1,0 +1,42 @@
+"""Bottleneck adapters declare themselves (see peftlab/core/methodspec.py). Loaded without the
+method's code. No `peftlab compare` row: the default comparison's method list stays as it is."""
+
+from peftlab.core.methodspec import MethodSpec, Option, TrainEntry
+
+
+def _rf(s: dict) -> float:
+    """--reduction-factor, or each choice's default (adapters' DoubleSeqBn 16 / ParBn 2)."""
+    return s.get("reduction_factor") or (2 if s["method"] == "bottleneck_parallel" else 16)
+
+
+def describe(s: dict) -> str:
+    """'bottleneck (serial Houlsby, reduction factor 16)'"""
+    style = "parallel on the FFN, scaling 4" if s["method"] == "bottleneck_parallel" \
+        else "serial Houlsby"
+    return f"bottleneck ({style}, reduction factor {_rf(s):g})"
+
+
+def build_train(model, tokenizer, s: dict, train_split, total_steps: int) -> None:
+    from peftlab import bottleneck
+    if s["method"] == "bottleneck_parallel":       # He et al.'s parallel adapter
+        cfg = bottleneck.BottleneckConfig(style="parallel", placement="ffn",
+                                          reduction_factor=_rf(s), non_linearity="relu",
+                                          scaling=4.0)
+    else:                                          # Houlsby et al.'s serial adapter
+        cfg = bottleneck.BottleneckConfig(reduction_factor=_rf(s))
+    bottleneck.apply(model, cfg)
+
+
+SPEC = MethodSpec(
+    name="bottleneck", module="peftlab.bottleneck", config="BottleneckConfig", order=35,
+    paper="Houlsby et al. 2019, Parameter-Efficient Transfer Learning for NLP; parallel: He "
+          "et al. 2022, Towards a Unified View of Parameter-Efficient Transfer Learning",
+    hf_peft_type=None, mergeable=False,
+    cannot_merge="its nonlinearity between the down- and up-projection makes it no linear "
+                 "map, so no weight can absorb it",
+    options=(Option("--reduction-factor", "positive_float", None,
+                    "bottleneck adapters: bottleneck = hidden // this (default 16 serial, "
+                    "2 parallel)"),),
+    train=(TrainEntry("bottleneck", 3e-3, describe, build_train),
+           TrainEntry("bottleneck_parallel", 3e-3, describe, build_train)),
+)
