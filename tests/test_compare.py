@@ -315,3 +315,29 @@ def test_predict_by_length_keeps_the_split_order():
     assert labels == want_y == task.test.labels
     assert preds == want_p
     assert abs(loss - want_loss) < 1e-5
+
+
+def test_the_fork_server_preload_starts_no_threads(tmp_path):
+    """compare's fork server imports every method package once and forks each run from it. A
+    module that runs a large torch op at import starts the OpenMP pool there, and every forked
+    run then deadlocks in its first parallel op (it hung CI for 90 minutes: the NF4 lookup
+    table was built at import). Importing the preload list must add no thread to torch's own."""
+    from peftlab.compare import runner
+    # third-party imports first (numpy's and scipy's OpenBLAS start their own servers, which
+    # survive a fork), then the peftlab modules: those must add nothing
+    ours = [m for m in runner.preload() if m.startswith("peftlab")]
+    theirs = [m for m in runner.preload() if not m.startswith("peftlab")]
+    code = ("import os, sys, importlib\n"
+            "import torch\n"
+            f"for m in {theirs!r}:\n"
+            "    importlib.import_module(m)\n"
+            "base = len(os.listdir('/proc/self/task'))\n"
+            "for m in sys.argv[1:]:\n"
+            "    importlib.import_module(m)\n"
+            "print(base, len(os.listdir('/proc/self/task')))\n")
+    proc = timing.run([sys.executable, "-c", code, *ours], "importing the preload",
+                      300, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    base, after = map(int, proc.stdout.split())
+    assert after == base, (f"importing {ours} started {after - base} thread(s): a "
+                           "module computes with torch at import; build it lazily")

@@ -52,6 +52,7 @@ it reads each byte once through a 256-entry table of value pairs:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -100,8 +101,18 @@ _DYNAMIC_BOUNDS = (DYNAMIC[:-1] + DYNAMIC[1:]) / 2              # (255,) midpoin
 # g_i = -1 + 2i / 65535 (float32, as the C++ computes it) -> the number of map midpoints below
 # it (a grid point exactly on a midpoint takes the lower value), (65536,) int64
 _LUT_SIZE = 65536
-_DYNAMIC_GRID = -1.0 + (2.0 * torch.arange(_LUT_SIZE, dtype=torch.float32)) / (_LUT_SIZE - 1)
-_DYNAMIC_LUT = torch.bucketize(_DYNAMIC_GRID, _DYNAMIC_BOUNDS)
+
+
+@functools.cache
+def _dynamic_lut() -> torch.Tensor:
+    """Built on first use, not at import: a 65,536-element op at import time would start
+    torch's OpenMP pool in whatever process imports this module, and a process forked from
+    it afterwards (compare's forkserver preloads the method packages) deadlocks in its
+    first parallel op."""
+    grid = -1.0 + (2.0 * torch.arange(_LUT_SIZE, dtype=torch.float32)) / (_LUT_SIZE - 1)
+    return torch.bucketize(grid, _DYNAMIC_BOUNDS)
+
+
 # PAIRS[byte] = (q[byte >> 4], q[byte & 15]): the dequantization table, (256, 2)
 _BYTES = torch.arange(256)
 PAIRS = torch.stack([NF4[_BYTES >> 4], NF4[_BYTES & 15]], dim=1)
@@ -170,7 +181,7 @@ def quantize_blockwise_8bit(x: torch.Tensor, block_size: int = ABSMAX_BLOCK
 
         i = trunc((v + 1) * 0.5 * 65535 + 0.5)            (float32 throughout)
 
-    and the code is the grid point's nearest map value, _DYNAMIC_LUT[i] (computed exactly,
+    and the code is the grid point's nearest map value, _dynamic_lut()[i] (computed exactly,
     from the midpoints). So a v within half a step (1.5e-5) of a midpoint of the map takes the
     side its grid point is on, not its own, and near 0, where the map's entries are closer
     than the grid's step (|v| < ~1e-4), the grid cannot tell them apart at all. Exact nearest
@@ -185,7 +196,7 @@ def quantize_blockwise_8bit(x: torch.Tensor, block_size: int = ABSMAX_BLOCK
     inv = 1.0 / torch.where(absmax > 0, absmax, torch.ones_like(absmax))
     v = (blocks * inv[:, None]).clamp(-1.0, 1.0)                       # (nb, 256)
     grid = ((v + 1.0) * 0.5 * (_LUT_SIZE - 1) + 0.5).long()            # trunc: >= 0.5 > 0
-    codes = _DYNAMIC_LUT.to(x.device)[grid]                            # (nb, 256)
+    codes = _dynamic_lut().to(x.device)[grid]                            # (nb, 256)
     codes = codes.masked_fill((absmax == 0)[:, None], 0)
     return codes.reshape(-1)[:n].to(torch.uint8), absmax
 
