@@ -25,6 +25,7 @@ from torch import nn
 
 from peftlab.adalora.adalora import SVDLinear, allocate, budget_schedule, orthogonality_penalty
 from peftlab.core.adapt import Plan, adapt, heads_for
+from peftlab.core.errors import check_number
 from peftlab.core.layers import LINEAR_TYPES
 from peftlab.core.state import get_config, get_method, mark, method_state, restore, unmark
 from peftlab.core.targets import find_targets, replace_module
@@ -97,10 +98,11 @@ class AdaLoraConfig:
             v = getattr(self, f)
             need(isinstance(v, (int, float)) and 0 < v < 1, f"{f} must be in (0, 1) (an EMA "
                  f"factor; paper: 0.85), got {v!r}.")
-        need(self.orth_reg_weight >= 0, f"orth_reg_weight must be >= 0, "
-             f"got {self.orth_reg_weight}.")
-        need(self.alpha > 0, f"alpha must be > 0 (scale = alpha / init_r), got {self.alpha}.")
-        need(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}.")
+        check_number("AdaLoraConfig", "orth_reg_weight", self.orth_reg_weight, low=0)
+        check_number("AdaLoraConfig", "alpha", self.alpha, low=0, low_open=True,
+                     hint=" (scale = alpha / init_r)")
+        check_number("AdaLoraConfig", "dropout", self.dropout, low=0)
+        need(self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}.")
         need(not isinstance(self.targets, str), f"targets must be a list, e.g. "
              f"[{self.targets!r}], got the string {self.targets!r}.")
 

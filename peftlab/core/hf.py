@@ -107,3 +107,23 @@ def check_num_virtual_tokens(p, who: str) -> None:
     if isinstance(p, bool) or not isinstance(p, int) or p < 1:
         raise ValueError(f"{who}.num_virtual_tokens must be a positive int (the number of virtual "
                          f"tokens), got {p!r}.")
+
+
+def check_virtual_tokens_fit(model, p: int, who: str, trainable: int) -> None:
+    """Raise ValueError (before anything changes) when `p` virtual tokens cannot work on
+    `model`: more than its context holds (max_position_embeddings / n_positions, when the
+    config says), or more trainable numbers (`trainable`) than the whole base model has, which
+    no parameter-efficient method means (the papers use 1 to a few hundred tokens: Li & Liang
+    2021, Lester et al. 2021)."""
+    config = getattr(model, "config", None)
+    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions",
+                                                                          None)
+    if isinstance(context, int) and p >= context:
+        raise ValueError(f"{who}.num_virtual_tokens={p:,} does not fit the model's context of "
+                         f"{context:,} positions (the virtual tokens and the text share it); "
+                         f"use a few to a few hundred (Li & Liang 2021; Lester et al. 2021).")
+    total = sum(t.numel() for t in model.parameters())
+    if trainable > total:
+        raise ValueError(f"{who}.num_virtual_tokens={p:,} would train {trainable:,} numbers, "
+                         f"more than the whole model's {total:,}; use a few to a few hundred "
+                         f"virtual tokens (Li & Liang 2021; Lester et al. 2021).")

@@ -156,13 +156,18 @@ def is_chat_record(record) -> bool:
 
 
 def _first_record(path: Path):
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                try:
-                    return json.loads(line)
-                except json.JSONDecodeError:
-                    return None
+    from peftlab.data.readers import read_text
+
+    try:
+        text = read_text(path, ChatDataError)
+    except ChatDataError:            # not UTF-8: not chat data; the table reader says why
+        return None
+    for line in text.split("\n"):
+        if line.strip():
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                return None
     return None
 
 
@@ -189,17 +194,20 @@ def is_chat_source(source) -> bool:
 def read_chat_jsonl(path: str | Path, name: str = "split", **kw) -> ChatSplit:
     """Conversations from a JSON Lines file: one {"messages": [...]} or {"prompt", "response"}
     object per line. Errors name the file and line."""
+    from peftlab.data.readers import read_text
+
     path = Path(path)
+    if not path.is_file():
+        raise ChatDataError(f"{path}: no such file.")
     convs = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ChatDataError(f"{path}, line {n}: not valid JSON ({e.msg}).") from None
-            convs.append(as_messages(record, f"{path}, line {n}"))
+    for n, line in enumerate(read_text(path, ChatDataError).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ChatDataError(f"{path}, line {n}: not valid JSON ({e.msg}).") from None
+        convs.append(as_messages(record, f"{path}, line {n}"))
     if not convs:
         raise ChatDataError(f"{path} holds no examples.")
     return ChatSplit(convs, name, **kw)

@@ -12,6 +12,7 @@ Every error names the file and line (or the row) and how to fix it.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -21,6 +22,21 @@ from peftlab.data.splits import DatasetError, TextSplit
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json")
 
 
+def read_text(path: Path, error=DatasetError) -> str:
+    """The file as text: UTF-8, a leading byte-order mark dropped. Anything else (UTF-16, a
+    Latin-1 export, a binary file) is refused with the file, the byte and the fix."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        kind = " (it looks like UTF-16: it starts with a UTF-16 byte-order mark)" \
+            if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise error(f"{path}, line {line}: not UTF-8 text{kind}: byte 0x{data[e.start]:02x} at "
+                    f"offset {e.start} cannot be decoded. Save the file as UTF-8 (in Excel: "
+                    f"'CSV UTF-8'; or iconv -f latin1 -t utf-8).") from None
+
+
 def _column(header: list[str], wanted: str, path, kind: str) -> int:
     """Index of column `wanted` in header: exact match first, then ignoring case/spaces."""
     if wanted in header:
@@ -28,6 +44,9 @@ def _column(header: list[str], wanted: str, path, kind: str) -> int:
     folded = [h.strip().lower() for h in header]
     if wanted.strip().lower() in folded:
         return folded.index(wanted.strip().lower())
+    if not any(folded):
+        raise DatasetError(f"{path}, line 1: the first line is empty; it must be the header "
+                           f"naming the columns, e.g. '{wanted},...'.")
     raise DatasetError(f"{path}, line 1: the header is {header!r}; it has no {kind} column "
                        f"{wanted!r}. Name the columns that hold the texts and labels: "
                        f"text_column=/label_column= (on the command line --text-column/"
@@ -58,7 +77,7 @@ def read_csv(path: str | Path, name: str = "split", text_column: str = "text",
         raise DatasetError(f"{path}: no such file.")
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     texts, labels, where = [], [], []
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with io.StringIO(read_text(path), newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         try:
             header = next(reader)
@@ -99,7 +118,7 @@ def read_jsonl(path: str | Path, name: str = "split", text_column: str = "text",
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: no such file.")
-    raw = path.read_text(encoding="utf-8-sig")
+    raw = read_text(path)
     if not raw.strip():
         raise DatasetError(f"{path}: the file is empty; expected one JSON object per line, "
                            f"e.g. {{\"{text_column}\": \"...\", \"{label_column}\": \"...\"}}.")
@@ -113,7 +132,7 @@ def read_jsonl(path: str | Path, name: str = "split", text_column: str = "text",
         at = "item"
     else:
         at = "line"
-        for i, line in enumerate(raw.splitlines(), start=1):
+        for i, line in enumerate(raw.split("\n"), start=1):   # not splitlines: U+2028 is text
             if not line.strip():
                 continue
             try:
@@ -130,6 +149,9 @@ def read_jsonl(path: str | Path, name: str = "split", text_column: str = "text",
             if key not in obj:
                 raise DatasetError(f"{w}: no {kind} key {key!r} (keys: {', '.join(obj)}); "
                                    f"name it with {kind}_column= (--{kind}-column).")
+        if isinstance(obj[label_column], (list, dict, bool)):
+            raise DatasetError(f"{w}: the label is {json.dumps(obj[label_column])[:60]}; a label "
+                               f"is a name (\"food\") or an integer class id (0, 1, ...).")
         texts.append(obj[text_column])
         labels.append(obj[label_column])
         where.append(w)

@@ -9,7 +9,9 @@ Hugging Face PEFT format (format="hf-peft"): adapter_config.json + adapter_model
 in the layout `peft.PeftModel.from_pretrained` reads; methods that support it implement
 `to_hf_peft` / `from_hf_peft` (see peftlab/hf_peft.py).
 
-Every file is written atomically (a temp file in the same folder, then os.replace), and
+Every file is written atomically (a temp file in the same folder, then os.replace; an
+adapter's two files are both written before either is renamed, so a full disk leaves the old
+adapter whole and raises peftlab.io.files.DiskFullError), and
 `load_adapter` checks the config and every tensor's name and shape against the model before
 it changes anything.
 """
@@ -32,11 +34,13 @@ from peftlab.io.files import (
     CONFIG_FILE,
     HF_CONFIG_FILE,
     WEIGHTS_FILE,
+    check_numbers,
     check_state,
+    atomic_write_all,
+    json_writer,
     read_json,
     read_tensors,
-    write_json,
-    write_tensors,
+    tensor_writer,
 )
 from peftlab.io.hf_peft import export as export_hf_peft
 from peftlab.io.hf_peft import import_ as import_hf_peft
@@ -145,8 +149,8 @@ def save_adapter(model: nn.Module, path: str | Path, format: str = "peftlab",
         return _write_peftlab(model, path, method, config, targets, tensors)
     if format == "hf-peft":
         hf_config, tensors = export_hf_peft(model)
-        write_tensors(path / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
-        write_json(path / HF_CONFIG_FILE, hf_config)
+        atomic_write_all([(path / WEIGHTS_FILE, tensor_writer(tensors, {"format": "pt"})),
+                          (path / HF_CONFIG_FILE, json_writer(hf_config))])
         _remove_stale(path / CONFIG_FILE)
         return path
     return _write_peftlab(model, path, method, get_config(model), get_targets(model),
@@ -176,8 +180,11 @@ def _write_peftlab(model: nn.Module, path: Path, method: str, config, targets,
     names = label_names_of(model)
     if names:
         meta["label_names"] = names      # model.config.id2label, restored by load_adapter
-    write_tensors(path / WEIGHTS_FILE, tensors, metadata={"format": "pt", "peftlab": method})
-    write_json(path / CONFIG_FILE, meta)
+    # both files are written before either replaces its old version: a full disk leaves the
+    # old adapter whole, never new weights beside an old config
+    atomic_write_all([(path / WEIGHTS_FILE,
+                       tensor_writer(tensors, {"format": "pt", "peftlab": method})),
+                      (path / CONFIG_FILE, json_writer(meta))])
     _remove_stale(path / HF_CONFIG_FILE)
     return path
 
@@ -202,13 +209,23 @@ def read_adapter(path: str | Path):
             raise AdapterError(f"{path / CONFIG_FILE} must hold a JSON object.")
         if meta.get("format") != "peftlab":
             raise AdapterError(f"{path / CONFIG_FILE} does not say format 'peftlab'.")
-        if meta.get("format_version", 0) > FORMAT_VERSION:
+        version = meta.get("format_version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise AdapterError(f"{path / CONFIG_FILE}: format_version must be an integer, got "
+                               f"{version!r}: the file was edited by hand or is damaged.")
+        if version > FORMAT_VERSION:
             raise AdapterError(f"{path} has format_version {meta['format_version']}; this "
                                f"peftlab reads up to {FORMAT_VERSION}. Upgrade peftlab.")
         missing = [k for k in ("method", "config_class", "config") if k not in meta]
         if missing:
             raise AdapterError(f"{path / CONFIG_FILE} lacks {', '.join(missing)}: it was not "
                                f"written by save_adapter, or was edited by hand.")
+        wrong = [f"{k} must be {kind.__name__}, got {meta[k]!r:.40}"
+                 for k, kind in (("method", str), ("config_class", str), ("config", dict))
+                 if not isinstance(meta[k], kind)]
+        if wrong:
+            raise AdapterError(f"{path / CONFIG_FILE}: {'; '.join(wrong)}: it was edited by "
+                               f"hand or is damaged.")
         config = config_from_dict(meta["method"], meta["config_class"], meta["config"])
         return "peftlab", meta["method"], config, read_tensors(path / WEIGHTS_FILE)
     if (path / HF_CONFIG_FILE).is_file():
@@ -224,7 +241,8 @@ def adapter_label_names(path: str | Path) -> list[str]:
     file = Path(path) / CONFIG_FILE
     if not file.is_file():
         return []
-    names = read_json(file).get("label_names") or []
+    meta = read_json(file)
+    names = (meta.get("label_names") if isinstance(meta, dict) else None) or []
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise AdapterError(f"{file}: label_names must be a list of strings, got {names!r}.")
     return names
@@ -239,6 +257,7 @@ def load_adapter(model: nn.Module, path: str | Path, name: str | None = None) ->
     after to_lora; see pl.set_adapter, peftlab/lora/named.py); loading a name again replaces
     that adapter. On a plain model the first adapter gets this name (default "default")."""
     _, method, config, tensors = read_adapter(path)
+    check_numbers(tensors, f"The adapter in {path}")
     names = adapter_label_names(path)
     current = get_method(model)
     if name is not None:

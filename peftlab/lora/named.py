@@ -236,6 +236,10 @@ def load_named(model: nn.Module, name: str, config, tensors: dict, label_names=N
     lora = {k: v for k, v in tensors.items() if ".lora_" in k}
     heads = {k: v for k, v in tensors.items() if ".lora_" not in k and ".base_layer." not in k}
     targets = sorted({k.split(".lora_")[0] for k in lora})
+    if not targets:
+        raise AdapterError(f"{where} holds no LoRA tensors (no '.lora_' names among "
+                           f"{sorted(tensors)[:4]}): it is damaged or not a LoRA adapter; "
+                           f"save it again with pl.save_adapter.")
     unknown = [t for t in targets if t not in layers]
     if unknown:
         raise AdapterError(f"{where} adapts {unknown[0]}, which the model's first adapter does "
@@ -246,6 +250,10 @@ def load_named(model: nn.Module, name: str, config, tensors: dict, label_names=N
         a = lora.get(f"{t}.lora_A.weight", lora.get(f"{t}.lora_embedding_A"))
         if a is None:
             raise AdapterError(f"{where} has no lora_A tensor for {t}.")
+        if a.dim() != 2 or a.shape[0] < 1:
+            raise AdapterError(f"{where}: the lora_A tensor of {t} has shape "
+                               f"{tuple(a.shape)}, not (r, d_in) with r >= 1: the file is "
+                               f"damaged; save the adapter again.")
         p = layer.make_parts(int(a.shape[0]), config.alpha_of(t), config.dropout, config.rslora)
         expected = {f"{t}.{k}": v for k, v in p.state_dict().items()}
         check_state(expected, {k: v for k, v in lora.items() if k.startswith(t + ".lora_")})

@@ -87,7 +87,7 @@ def register(variant: type[LoraVariant]) -> type[LoraVariant]:
 
 def get(name: str) -> LoraVariant:
     """The registered variant `name`; ValueError naming the known ones otherwise."""
-    if name not in VARIANTS:
+    if not isinstance(name, str) or name not in VARIANTS:
         raise ValueError(f"Unknown LoRA variant {name!r}; known: {', '.join(VARIANTS)} (a "
                          f"variant registers itself with peftlab.lora.variants.register).")
     return VARIANTS[name]

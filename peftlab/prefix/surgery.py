@@ -33,10 +33,12 @@ import torch
 from torch import nn
 
 from peftlab.core.adapt import Plan, adapt, heads_for
+from peftlab.core.errors import check_number
 from peftlab.core.hf import (
     attention_of,
     attn_implementation,
     check_num_virtual_tokens,
+    check_virtual_tokens_fit,
     set_attention,
 )
 from peftlab.core.layers import adapter_dtype
@@ -80,10 +82,10 @@ class PrefixConfig:
 
     def __post_init__(self):
         check_num_virtual_tokens(self.num_virtual_tokens, "PrefixConfig")
-        if self.projection_hidden is not None and (not isinstance(self.projection_hidden, int)
-                                                   or self.projection_hidden < 1):
-            raise ValueError(f"PrefixConfig.projection_hidden must be None or a positive int, "
-                             f"got {self.projection_hidden!r}.")
+        check_number("PrefixConfig", "projection_hidden", self.projection_hidden, int, low=1,
+                     none=True, hint=" (the MLP's hidden size)")
+        check_number("PrefixConfig", "init_std", self.init_std, low=0,
+                     hint=" (the std of the normal init)")
         if self.init not in ("normal", "text"):
             raise ValueError(f"PrefixConfig.init must be 'normal' or 'text', got {self.init!r}.")
         if self.init == "text" and not self.init_text:
@@ -118,6 +120,9 @@ def apply(model: nn.Module, config: PrefixConfig | PromptConfig | None = None, t
             raise ValueError(f"{type(model).__name__} already has an attribute "
                              f"'prefix_encoder'.")
         _, Hkv, _, D = calls[0][1]
+        P, hidden = config.num_virtual_tokens, config.projection_hidden
+        check_virtual_tokens_fit(model, P, "PrefixConfig", 2 * len(calls) * Hkv * D * P
+                                 if hidden is None else P * hidden)
         p = next(model.parameters())
         encoder = PrefixEncoder(len(calls), Hkv, config.num_virtual_tokens, D,
                                 config.projection_hidden, config.init_std).to(p.device,

@@ -30,7 +30,9 @@ import torch
 from torch import nn
 
 from peftlab.core.adapt import Plan, adapt, heads_for
-from peftlab.core.hf import attn_implementation, check_num_virtual_tokens, check_supported
+from peftlab.core.errors import check_number
+from peftlab.core.hf import attn_implementation, check_num_virtual_tokens, check_supported, \
+    check_virtual_tokens_fit
 from peftlab.core.layers import adapter_dtype
 from peftlab.core.registry import cannot_merge
 from peftlab.core.state import eval_mode, get_method, restore, unmark
@@ -64,6 +66,7 @@ class PromptConfig:
 
     def __post_init__(self):
         check_num_virtual_tokens(self.num_virtual_tokens, "PromptConfig")
+        check_number("PromptConfig", "seed", self.seed, int)
         if self.init not in ("vocab", "text", "normal"):
             raise ValueError(f"PromptConfig.init must be 'vocab', 'text' or 'normal', got "
                              f"{self.init!r}.")
@@ -153,6 +156,9 @@ def apply(model: nn.Module, config: PromptConfig, tokenizer=None) -> nn.Module:
             raise ValueError(f"{type(model).__name__} already has an attribute "
                              f"'prompt_encoder'.")
         heads = heads_for(model, config.modules_to_save, label="a prompt")
+        hidden = model.get_input_embeddings().weight.shape[1]
+        check_virtual_tokens_fit(model, config.num_virtual_tokens, "PromptConfig",
+                                 config.num_virtual_tokens * hidden)
         weight = _init_weight(model, config, tokenizer)            # validates init_text
         causal = _is_causal(model)
         position = config.position if config.position != "auto" else \

@@ -38,6 +38,7 @@ from torch.nn.utils import parametrize
 
 from peftlab.core.adapt import Plan, adapt, heads_for
 from peftlab.core.base import base_weight, is_base
+from peftlab.core.errors import check_number
 from peftlab.core.layers import adapter_dtype
 from peftlab.core.state import get_method, restore, unmark
 from peftlab.core.targets import find_targets, replace_module
@@ -87,6 +88,8 @@ class SelectionConfig:
         if self.targets is not None and isinstance(self.targets, str):
             self.targets = [self.targets]
         resolve_count(10 ** 18, self.fraction, self.count)   # range checks only
+        check_number("SelectionConfig", "max_batches", self.max_batches, int, low=1, none=True)
+        check_number("SelectionConfig", "seed", self.seed, int)
 
 
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:

@@ -14,41 +14,62 @@ arrives within max_wait_ms (up to max_batch texts) and runs them as one forward 
 one adapter per row (pl.predict(..., adapter_names=...)). All model work (predicting, loading,
 deleting adapters) runs on one worker thread, so a hot-load never races a forward pass.
 Bad input is answered with a JSON {"error": message} and a status code, never a crash.
+
+Limits on bodies, texts, the queue and time: peftlab/serve/limits.py (413 / 415 / 429 / 408 /
+504 / 503, each counted in /metrics as peftlab_refusals_total{reason=...}).
 """
 
 # no `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request)
 
 import asyncio
 import contextlib
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from peftlab.core.errors import AdapterError
 from peftlab.io.adapters import load_adapter
 from peftlab.lora.named import adapter_names, delete_adapter
 from peftlab.inference import predict
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+from peftlab.serve.limits import (
+    MAX_BODY_BYTES,
+    MAX_CHARS,
+    MAX_QUEUE,
+    MAX_TEXTS,
+    REQUEST_TIMEOUT_S,
+    BadRequest,
+    _json,
+    check_limits,
+    read_body,
+)
 
 
 class Server:
     """The model, the batcher and the metrics behind the app (one per app)."""
 
     def __init__(self, model, tokenizer, max_batch: int = 32, max_wait_ms: float = 5.0,
-                 max_texts: int = 64, max_chars: int = 2000):
+                 max_texts: int = MAX_TEXTS, max_chars: int = MAX_CHARS,
+                 max_body_bytes: int = MAX_BODY_BYTES, max_queue: int = MAX_QUEUE,
+                 request_timeout: float = REQUEST_TIMEOUT_S):
+        check_limits(max_batch=max_batch, max_wait_ms=max_wait_ms, max_texts=max_texts,
+                     max_chars=max_chars, max_body_bytes=max_body_bytes, max_queue=max_queue,
+                     request_timeout=request_timeout)
         self.model, self.tokenizer = model, tokenizer
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
         self.max_texts, self.max_chars = max_texts, max_chars
+        self.max_body_bytes, self.max_queue = max_body_bytes, max_queue
+        self.timeout = float(request_timeout)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="peftlab-model")
         self.queue: asyncio.Queue | None = None
+        self.ready = False                       # True while the worker runs (lifespan)
+        self.stopping = False                    # shutdown has begun
         r = self.registry = CollectorRegistry()
+        self.refusals = Counter("peftlab_refusals", "Requests refused, by reason", ["reason"],
+                                registry=r)
+        self.queue_length = Gauge("peftlab_queue_length", "Requests waiting for the model",
+                                  registry=r)
+        self.queue_length.set_function(lambda: self.queue.qsize() if self.queue else 0)
         self.requests = Counter("peftlab_requests", "Requests by adapter and status",
                                 ["endpoint", "adapter", "status"], registry=r)
         self.latency = Histogram("peftlab_request_latency_seconds", "Predict latency",
@@ -70,14 +91,40 @@ class Server:
         return adapter_names(self.model)
 
     # --- batching ---------------------------------------------------------------------------
+    def check_ready(self) -> None:
+        if not self.ready or self.queue is None:
+            raise BadRequest(503, "the server is not ready (starting up or shutting down); "
+                                  "retry shortly", headers={"Retry-After": "1"})
+
     async def predict(self, texts: list[str], adapter: str) -> list[dict]:
+        """Queue the request (429 when max_queue are waiting) and wait for its rows (504 after
+        request_timeout: the request leaves the queue, its rows are never computed)."""
+        self.check_ready()
         fut = asyncio.get_running_loop().create_future()
-        await self.queue.put((texts, adapter, fut))
-        return await fut
+        try:
+            self.queue.put_nowait((texts, adapter, fut))
+        except asyncio.QueueFull:
+            raise BadRequest(429, f"the server is busy: {self.max_queue} requests are waiting "
+                                  f"for the model (max_queue); retry shortly",
+                             headers={"Retry-After": "1"}) from None
+        try:
+            return await asyncio.wait_for(fut, self.timeout)     # cancels fut on timeout
+        except asyncio.TimeoutError:
+            raise BadRequest(504, f"the request was not answered within {self.timeout:g} s "
+                                  f"(request_timeout); the server is overloaded") from None
+
+    def fail_waiting(self) -> None:
+        """Answer every queued request 503 (shutdown)."""
+        while self.queue is not None and not self.queue.empty():
+            _, _, fut = self.queue.get_nowait()
+            if not fut.done():
+                fut.set_exception(BadRequest(503, "the server is shutting down"))
 
     async def worker(self) -> None:
         while True:
             batch = [await self.queue.get()]
+            if batch[0][2].done():               # timed out while waiting: drop it
+                continue
             rows, deadline = len(batch[0][0]), time.monotonic() + self.max_wait
             while rows < self.max_batch:
                 left = deadline - time.monotonic()
@@ -87,8 +134,9 @@ class Server:
                     item = await asyncio.wait_for(self.queue.get(), left)
                 except asyncio.TimeoutError:
                     break
-                batch.append(item)
-                rows += len(item[0])
+                if not item[2].done():
+                    batch.append(item)
+                    rows += len(item[0])
             try:
                 results = await self.call(self._run, batch)
             except Exception as e:                       # noqa: BLE001 - answered per request
@@ -100,7 +148,8 @@ class Server:
     def _run(self, batch) -> list:
         """One forward pass for every request whose adapter still exists (model thread)."""
         names = set(self.names())
-        ok = [b for b in batch if b[1] in names]
+        gone = [fut.done() for _, _, fut in batch]      # timed out meanwhile: not computed
+        ok = [b for b, g in zip(batch, gone) if b[1] in names and not g]
         texts = [t for b in ok for t in b[0]]
         routes = [b[1] for b in ok for _ in b[0]]
         preds = predict(self.model, self.tokenizer, texts, adapter_names=routes,
@@ -108,7 +157,10 @@ class Server:
         if texts:
             self.batch_size.observe(len(texts))
         out, i = [], 0
-        for texts_, adapter, _ in batch:
+        for (texts_, adapter, _), g in zip(batch, gone):
+            if g:
+                out.append(None)
+                continue
             if adapter not in names:
                 out.append(BadRequest(404, f"unknown adapter {adapter!r}"))
                 continue
@@ -145,16 +197,6 @@ class Server:
         return texts, adapter
 
 
-def _json(raw: bytes) -> dict:
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest(400, f"malformed JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise BadRequest(400, "the body must be a JSON object")
-    return body
-
-
 def create_app(model, tokenizer, **options):
     """The FastAPI app serving `model` (a LoRA model, adapters named) with `tokenizer`."""
     from fastapi import FastAPI, Request
@@ -165,14 +207,17 @@ def create_app(model, tokenizer, **options):
     @contextlib.asynccontextmanager
     async def lifespan(app):
         """Start the batching worker with the server's event loop; stop it on shutdown."""
-        server.queue = asyncio.Queue()
+        server.queue = asyncio.Queue(maxsize=server.max_queue)
         worker = app.state.worker = asyncio.create_task(server.worker())
+        server.ready = True
         try:
             yield
         finally:
+            server.ready, server.stopping = False, True
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
+            server.fail_waiting()
             server.queue = None
 
     app = FastAPI(title="peftlab serve", lifespan=lifespan)
@@ -180,13 +225,15 @@ def create_app(model, tokenizer, **options):
 
     def error(endpoint, adapter, e: BadRequest):
         server.requests.labels(endpoint, adapter, str(e.status)).inc()
-        return JSONResponse({"error": str(e)}, status_code=e.status)
+        server.refusals.labels(e.reason).inc()
+        return JSONResponse({"error": str(e)}, status_code=e.status, headers=e.headers)
 
     @app.post("/v1/predict")
     async def _predict(request: Request):
         t0 = time.perf_counter()
         try:
-            texts, adapter = server.parse_predict(await request.body())
+            server.check_ready()
+            texts, adapter = server.parse_predict(await read_body(request, server.max_body_bytes, server.timeout))
             for t in texts:
                 server.input_chars.observe(len(t))
             rows = await server.predict(texts, adapter)
@@ -203,7 +250,8 @@ def create_app(model, tokenizer, **options):
     @app.post("/v1/adapters")
     async def _load(request: Request):
         try:
-            body = _json(await request.body())
+            server.check_ready()
+            body = _json(await read_body(request, server.max_body_bytes, server.timeout))
             name, path = body.get("name"), body.get("path")
             if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
                 raise BadRequest(422, "give {'name': str, 'path': str}")
@@ -219,6 +267,7 @@ def create_app(model, tokenizer, **options):
     @app.delete("/v1/adapters/{name}")
     async def _delete(name: str):
         try:
+            server.check_ready()
             if name not in server.names():
                 raise BadRequest(404, f"unknown adapter {name!r}; known: {server.names()}")
             if name == server.names()[0]:
@@ -231,6 +280,9 @@ def create_app(model, tokenizer, **options):
 
     @app.get("/healthz")
     async def _health():
+        if not server.ready:
+            return JSONResponse({"status": "stopping" if server.stopping else "starting",
+                                 "adapters": server.names()}, status_code=503)
         return {"status": "ok", "adapters": server.names()}
 
     @app.get("/metrics")

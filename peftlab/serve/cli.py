@@ -28,6 +28,21 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=32, help="texts per forward pass")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long a request waits for others to batch with")
+    from peftlab.serve import limits
+    g = p.add_argument_group("limits (each refusal is a JSON error and is counted in /metrics)")
+    g.add_argument("--max-body-bytes", type=int, default=limits.MAX_BODY_BYTES, metavar="N",
+                   help=f"largest request body; larger: 413 (default {limits.MAX_BODY_BYTES})")
+    g.add_argument("--max-texts", type=int, default=limits.MAX_TEXTS, metavar="N",
+                   help=f"texts per request; more: 413 (default {limits.MAX_TEXTS})")
+    g.add_argument("--max-chars", type=int, default=limits.MAX_CHARS, metavar="N",
+                   help=f"characters per text; more: 413 (default {limits.MAX_CHARS})")
+    g.add_argument("--max-queue", type=int, default=limits.MAX_QUEUE, metavar="N",
+                   help=f"requests waiting for the model; one more: 429 with Retry-After "
+                        f"(default {limits.MAX_QUEUE})")
+    g.add_argument("--request-timeout", type=float, default=limits.REQUEST_TIMEOUT_S,
+                   metavar="S", help=f"seconds a body may take to arrive (else 408) and a "
+                                     f"request to be answered (else 504) (default "
+                                     f"{limits.REQUEST_TIMEOUT_S:g})")
     return p
 
 
@@ -72,7 +87,16 @@ def main(args, parser) -> int:
     except ImportError:
         parser.error("peftlab serve needs the 'serve' extra: pip install 'peftlab[serve]'")
     from peftlab.serve.app import create_app
+    from peftlab.serve.limits import check_limits
+    limits = dict(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                  max_body_bytes=args.max_body_bytes, max_texts=args.max_texts,
+                  max_chars=args.max_chars, max_queue=args.max_queue,
+                  request_timeout=args.request_timeout)
+    try:                                    # a bad limit: one line and exit 2, before loading
+        check_limits(**limits)
+    except ValueError as e:
+        parser.error(str(e))
     model, tokenizer = build(parse_adapters(args.adapter, parser), args.base)
-    app = create_app(model, tokenizer, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    app = create_app(model, tokenizer, **limits)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
