@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import copy
 
+import hashlib
+import json
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -312,3 +317,35 @@ def test_a_tiny_llama_chat_model():
         want = model(input_ids=ids).logits
         merged = pl.qlora.unload(copy.deepcopy(model), merge=True)
         torch.testing.assert_close(merged(input_ids=ids).logits, want, rtol=0, atol=1e-4)
+
+
+# --- against bitsandbytes' committed outputs (every run, bitsandbytes installed or not) ---------
+
+REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "nf4_reference.json").read_text())
+
+
+def sha(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().contiguous().cpu().numpy().tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("case", sorted(REFERENCE["cases"]))
+def test_equals_the_committed_bitsandbytes_outputs(case):
+    """tests/fixtures/make_nf4_reference.py stored the sha256 of everything bitsandbytes 0.50
+    returned for these inputs; ours must give the same bytes."""
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+    from make_nf4_reference import cases
+    w, kind = next((w, k) for name, w, k in cases() if name == case)
+    ref = REFERENCE["cases"][case]
+    assert sha(w) == ref["input"], "the test input changed: regenerate the fixture"
+    if kind == "8bit":
+        codes, absmax = nf4.quantize_blockwise_8bit(w)
+        assert sha(codes.to(torch.uint8)) == ref["codes"] and sha(absmax) == ref["absmax"]
+        return
+    for dq, key in ((False, "plain"), (True, "double_quant")):
+        q, want = nf4.quantize(w, 64, double_quant=dq), ref[key]
+        assert sha(q.packed) == want["packed"] and sha(q.absmax) == want["absmax"]
+        if dq:
+            assert sha(q.offset) == want["offset"] and sha(q.absmax2) == want["absmax2"]
+            assert sha(nf4.DYNAMIC) == want["code"]
+        deq = nf4.dequantize_weight(q)
+        assert abs(float(deq.abs().max()) - want["max_abs"]) <= 1e-6
