@@ -6,6 +6,8 @@
                                reading JSONL / DataFrames / HF Datasets, load_chat_dataset
     generate.py                pl.generate: batched, KV-cached, with adapters (one per row),
                                and score(): exact match of greedy answers on a ChatSplit
+    scoring.py                 normalised exact match and field-by-field scores
+                               ("key=value; ..." answers), evaluate(): generate, then score
 
 The data side lives in pl.data (pl.data.load_dataset("chat.jsonl") reads conversations);
 this package re-exports it, so everything chat is also pl.chat.*:
@@ -17,6 +19,7 @@ this package re-exports it, so everything chat is also pl.chat.*:
     pl.generate(model, tokenizer, "Extract the city: I flew to Oslo.")
 """
 
+from peftlab.chat import scoring
 from peftlab.chat.generate import Generation, decode, generate, prefill, score
 from peftlab.data.chat import (
     ChatDatasetSplits,
@@ -31,4 +34,4 @@ from peftlab.data.template import DEFAULT_SYSTEM, ChatDataError, ChatTemplate, a
 
 __all__ = ["DEFAULT_SYSTEM", "ChatDataError", "ChatDatasetSplits", "ChatSplit", "ChatTemplate",
            "Generation", "as_messages", "chat_from_table", "collate", "decode", "generate",
-           "is_chat_source", "load_chat_dataset", "prefill", "read_chat_jsonl", "score"]
+           "is_chat_source", "load_chat_dataset", "prefill", "read_chat_jsonl", "score", "scoring"]
