@@ -9,10 +9,13 @@
     peftlab compare --seeds 3                # each method 3 times: mean and std
     peftlab compare --task vision            # the digits ResNet: full, head, LoRA, selection
     peftlab compare --data my.csv --label-column topic   # every method on your data
+    peftlab compare --task chat              # base, LoRA, IA3 on the chat model (~6 min)
+    peftlab train --task chat --data chats.jsonl --out runs/c; peftlab chat --model runs/c
     peftlab --version
 
 Bad options stop at once, before any training, with one plain line naming the option and
-exit code 2. train / evaluate / predict live in peftlab/commands/.
+exit code 2. train / evaluate / predict / chat live in peftlab/commands/; compare --task chat in
+peftlab/compare/chat.py.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ EXAMPLES = """examples:
   peftlab train --resume runs/topics         # continue an interrupted run
   peftlab compare --quick                    # every method side by side, a smoke run
   peftlab compare --data reviews.csv --label-column topic
+  peftlab train --task chat --data chats.jsonl --out runs/chat
+  peftlab chat --model runs/chat             # one answer per line you type
 
 Run `peftlab COMMAND --help` for the options of each command.
 """
@@ -42,6 +47,8 @@ COMPARE_EXAMPLES = """examples:
   peftlab compare --methods full,lora --epochs 2 --device cpu --seed 1 --out runs/cmp
   peftlab compare --data reviews.csv --text-column review --label-column topic
   peftlab compare --task vision
+  peftlab compare --task chat                # base, lora, ia3 on SmolLM2 (chat_extract)
+  peftlab compare --task chat --methods all --out notebooks/results/compare_chat
 """
 
 
@@ -58,10 +65,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     subs = {"train": train.add_parser(sub)}
     use.add_parsers(sub)
-    subs["evaluate"], subs["predict"] = sub.choices["evaluate"], sub.choices["predict"]
+    for name in ("evaluate", "predict", "chat"):
+        subs[name] = sub.choices[name]
     from peftlab.serve import cli as serve_cli
     subs["serve"] = serve_cli.add_parser(sub)
     from peftlab.compare import TEXT_METHODS, VISION_METHODS
+    from peftlab.compare import chat as chat_compare
     cmp = sub.add_parser(
         "compare", help="train every method side by side and write a report",
         description="Train each method on one task from the same pretrained weights, measure "
@@ -70,10 +79,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         epilog=COMPARE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     subs["compare"] = cmp
     cmp.add_argument("--methods", type=opt.name_list, default=None,
-                     help=f"comma-separated subset (default: all). text: "
-                          f"{','.join(TEXT_METHODS)}; vision: {','.join(VISION_METHODS)}")
-    cmp.add_argument("--task", choices=["text", "vision"], default="text",
-                     help="text: MiniLM on sentiment_contrast (default); vision: digits ResNet")
+                     help=f"comma-separated subset (default: all; chat: "
+                          f"{','.join(chat_compare.DEFAULT_METHODS)}), or all. text: "
+                          f"{','.join(TEXT_METHODS)}; vision: {','.join(VISION_METHODS)}; "
+                          f"chat: {','.join(chat_compare.available())}")
+    cmp.add_argument("--task", choices=["text", "vision", "chat"], default="text",
+                     help="text: MiniLM on sentiment_contrast (default); vision: digits ResNet; "
+                          "chat: SmolLM2-135M-Instruct on chat_extract, exact match and "
+                          "retention")
     cmp.add_argument("--data", default=None, metavar="PATH",
                      help="your data instead of sentiment_contrast (text task): a .csv/.tsv/"
                           ".jsonl/.json file or a folder, as for `peftlab train`")
@@ -116,6 +129,13 @@ def _compare_data(args, cmp) -> None:
         if args.text_column != "text" or args.label_column != "label":
             cmp.error("argument --text-column/--label-column: they go with --data")
         return
+    if args.task == "chat":
+        from peftlab.data.chat import is_chat_source
+        if not Path(args.data).exists() or not is_chat_source(args.data):
+            cmp.error(f"argument --data: {args.data} is not chat data (JSON Lines with "
+                      f"'messages', or 'prompt' and 'response'); --task chat compares methods "
+                      f"on conversations")
+        return
     if args.task != "text":
         cmp.error("argument --data: your data is text; it goes with --task text")
     try:
@@ -134,7 +154,9 @@ def _compare_data(args, cmp) -> None:
 
 def _compare(args, cmp) -> int:
     from peftlab import compare
-    if args.methods is not None:
+    if args.methods == ["all"]:
+        args.methods = None if args.task != "chat" else ["all"]
+    if args.methods is not None and args.methods != ["all"]:
         known = compare.available(args.task)
         bad = [m for m in args.methods if m not in known]
         if bad:
@@ -155,11 +177,24 @@ def _compare(args, cmp) -> int:
         resolve_precision(args.precision, get_device(args.device))
     except ValueError as e:
         cmp.error(f"argument --precision: {e}")
+    if args.task == "chat":
+        from peftlab.compare import chat as chat_compare
+        report = chat_compare.run(args.methods, seed=args.seed, seeds=args.seeds,
+                                  device=args.device, precision=args.precision,
+                                  epochs=args.epochs, quick=args.quick, progress=args.progress,
+                                  data=args.data,
+                                  log=lambda s: print(s, file=sys.stderr, flush=True))
+        return _report(args, report, out)
     report = compare.run(args.methods, task=args.task, seed=args.seed, seeds=args.seeds,
                          device=args.device, isolate=not args.in_process,
                          precision=args.precision,
                          epochs=args.epochs, quick=args.quick, progress=args.progress,
                          log=lambda s: print(s, file=sys.stderr, flush=True))
+    return _report(args, report, out)
+
+
+def _report(args, report, out: Path) -> int:
+    """Print the table, write the report, name what failed; the exit code."""
     print(report.table())
     paths = report.write(out, plot=not args.no_plot and
                          any(r["status"] == "ok" for r in report.rows))
@@ -196,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             return use.evaluate(args, subs["evaluate"])
         if args.command == "predict":
             return use.predict(args, subs["predict"])
+        if args.command == "chat":
+            return use.chat(args, subs["chat"])
         if args.command == "serve":
             from peftlab.serve import cli as serve_cli
             return serve_cli.main(args, subs["serve"])

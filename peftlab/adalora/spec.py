@@ -54,7 +54,9 @@ SPEC = MethodSpec(
                "modules to adapt: suffixes, re:<regex> or all-linear (default: query,value)"),
     ),
     train=(TrainEntry("adalora", 3e-2, describe, build_train),),
-    compare=(CompareEntry(
+    compare=(CompareEntry("adalora", "chat", "SVD adapters on all linear layers, rank 12 -> 8 "
+                                             "avg (LoRA's budget)", 5e-3, build_compare),
+             CompareEntry(
         "adalora", "text",
         "SVD adapters on all linear layers, rank 12 -> 8 avg (LoRA's budget) + head", 1e-2,
         build_compare),),

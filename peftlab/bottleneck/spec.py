@@ -1,7 +1,8 @@
 """Bottleneck adapters declare themselves (see peftlab/core/methodspec.py). Loaded without the
-method's code. No `peftlab compare` row: the default comparison's method list stays as it is."""
+method's code. A `peftlab compare --task chat` row; none on the text and vision tasks (their
+tables stay as they are)."""
 
-from peftlab.core.methodspec import MethodSpec, Option, TrainEntry
+from peftlab.core.methodspec import CompareEntry, MethodSpec, Option, TrainEntry
 
 
 def _rf(s: dict) -> float:
@@ -27,6 +28,11 @@ def build_train(model, tokenizer, s: dict, train_split, total_steps: int) -> Non
     bottleneck.apply(model, cfg)
 
 
+def build_compare(model, ctx) -> None:
+    from peftlab import bottleneck
+    bottleneck.apply(model, bottleneck.BottleneckConfig(reduction_factor=16))
+
+
 SPEC = MethodSpec(
     name="bottleneck", module="peftlab.bottleneck", config="BottleneckConfig", order=35,
     paper="Houlsby et al. 2019, Parameter-Efficient Transfer Learning for NLP; parallel: He "
@@ -39,4 +45,6 @@ SPEC = MethodSpec(
                     "2 parallel)"),),
     train=(TrainEntry("bottleneck", 3e-3, describe, build_train),
            TrainEntry("bottleneck_parallel", 3e-3, describe, build_train)),
+    compare=(CompareEntry("bottleneck", "chat", "serial Houlsby adapters, reduction factor 16",
+                          3e-3, build_compare),),
 )

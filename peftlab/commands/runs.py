@@ -121,8 +121,11 @@ def load_run_model(folder: Path, info: dict, device=None):
     (and its label names), on `device`, in eval mode."""
     import peftlab as pl
 
-    model, tokenizer = pl.models.text_classifier(num_labels=info["data"]["num_labels"],
-                                                 name=info.get("base_model"), seed=0)
+    if info.get("task") == "chat":
+        model, tokenizer = pl.models.chat_model(info.get("base_model"))
+    else:
+        model, tokenizer = pl.models.text_classifier(num_labels=info["data"]["num_labels"],
+                                                     name=info.get("base_model"), seed=0)
     pl.load_adapter(model, Path(folder) / ADAPTER_DIR)
     model.to(pl.runtime.get_device(device)).eval()
     return model, tokenizer

@@ -20,6 +20,7 @@ from pathlib import Path
 from peftlab.commands import methods as registered
 from peftlab.commands import options as opt
 from peftlab.commands import runs
+from peftlab.commands import train_chat as chat
 from peftlab.commands.methods import apply_method, describe
 
 EXAMPLES = """examples:
@@ -27,11 +28,13 @@ EXAMPLES = """examples:
   peftlab train --data my_folder/ --method adalora --r 12 --epochs 5 --out runs/ada
   peftlab train --data reviews.csv --method lora --targets all-linear --r 4 --out runs/wide
   peftlab train --resume runs/topics        # continue an interrupted run (Ctrl-C, --stop-after)
+  peftlab train --task chat --data my_chats.jsonl --out runs/chat   # SmolLM2, LoRA all-linear
+  peftlab chat --model runs/chat            # then talk to it
 """
 
 # options that define a run (saved in run.json; --resume takes them from there); the
 # methods' own options (--r, --virtual-tokens, ...) come from their specs (settings())
-COMMON = ("data", "text_column", "label_column", "labels", "max_length", "base_model",
+COMMON = ("task", "data", "text_column", "label_column", "labels", "max_length", "base_model",
           "method", "epochs", "lr", "batch_size", "seed", "checkpoint_every", "out",
           "overwrite", "precision")
 
@@ -50,6 +53,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
                     "checkpoints in a run folder.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = p.add_argument_group("data")
+    d.add_argument("--task", choices=("auto", "text", "chat"), default="auto",
+                   help="text: classify texts with the encoder (all-MiniLM-L6-v2); chat: teach "
+                        "the chat model (SmolLM2-135M-Instruct) the answers of JSON Lines "
+                        "conversations ('messages', or 'prompt' and 'response'); auto (default): "
+                        "chat when the data holds conversations")
     d.add_argument("--data", metavar="PATH", help="a .csv/.tsv/.jsonl/.json file (split "
                    "80/10/10, seeded), a folder with train (+ validation, test) files, or a "
                    "shipped dataset name")
@@ -65,7 +73,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     m = p.add_argument_group("model and method")
     m.add_argument("--base-model", default=None, metavar="NAME_OR_PATH",
                    help="a transformers model folder or hub id (default: the embedded "
-                        "all-MiniLM-L6-v2, offline)")
+                        "all-MiniLM-L6-v2, offline; --task chat: the embedded "
+                        "SmolLM2-135M-Instruct)")
     m.add_argument("--method", choices=registered.names(), default="lora",
                    help="default: lora")
     for o in registered.options().values():           # each method's own, from its spec
@@ -74,8 +83,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=opt.positive_float, default=3.0, help="default 3")
     t.add_argument("--lr", type=opt.positive_float, default=None,
-                   help="peak learning rate (default: per method, e.g. lora 3e-3)")
-    t.add_argument("--batch-size", type=opt.positive_int, default=16, help="default 16")
+                   help="peak learning rate (default: per method and task, e.g. lora 3e-3 "
+                        "text, 2e-3 chat)")
+    t.add_argument("--batch-size", type=opt.positive_int, default=None,
+                   help="default 16 (text), 8 (chat)")
     t.add_argument("--seed", type=opt.seed, default=0, help="default 0")
     t.add_argument("--device", type=opt.device, default=None,
                    help="cpu, cuda, cuda:N or mps (default: the best available)")
@@ -124,7 +135,11 @@ def _settings(args, parser) -> tuple[dict, bool]:
         s = {k: getattr(args, k) for k in settings()}
         s["data"] = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
         s["out"] = str(out)
-        s["lr"] = args.lr or registered.learning_rate(args.method)
+        s["task"] = chat.task(args, parser)
+        s["batch_size"] = args.batch_size or (8 if s["task"] == "chat" else 16)
+        s["lr"] = args.lr or chat.learning_rate(args.method, s["task"])
+        if s["task"] == "chat":
+            chat.defaults(s, args, parser)
         return s, False
     given = [k for k in settings() if k != "out" and getattr(args, k) != parser.get_default(k)]
     if args.out is not None or given:
@@ -159,6 +174,8 @@ def prepare(args, parser) -> dict:
     from peftlab.models import ModelNotFoundError
 
     s, resuming = _settings(args, parser)
+    if s.get("task", "text") == "chat":
+        return chat.prepare(s, resuming, parser)
     try:
         ds = pl.data.load_dataset(s["data"], text_column=s["text_column"],
                                   label_column=s["label_column"], label_names=s["labels"],
@@ -217,6 +234,10 @@ def _info(plan: dict, status: str, step: int, **extra) -> dict:
     import peftlab as pl
 
     s, ds = plan["settings"], plan["ds"]
+    digest = plan.setdefault("sha256", runs.file_digest(Path(s["data"]))
+                             if Path(s["data"]).exists() else None)
+    if s.get("task") == "chat":
+        return chat.info(plan, status, step, digest, **extra)
     return {"format": runs.FORMAT, "version": 1, "peftlab_version": pl.__version__,
             "status": status, "step": step, "total_steps": plan["total"],
             "created": plan.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
@@ -225,8 +246,7 @@ def _info(plan: dict, status: str, step: int, **extra) -> dict:
                      "label_column": s["label_column"], "label_names": ds.label_names,
                      "num_labels": ds.num_labels, "sizes": {k: len(getattr(ds, k)) for k in
                                                             ("train", "validation", "test")},
-                     "sha256": plan.setdefault("sha256", runs.file_digest(Path(s["data"]))
-                                               if Path(s["data"]).exists() else None)},
+                     "sha256": digest},
             "max_length": s["max_length"], **extra}
 
 
@@ -250,10 +270,14 @@ def execute(args, plan: dict) -> int:
         staging.mkdir(parents=True)
         runs.write_run(staging, _info(plan, "running", 0))
         n = len(ds.train)
-        opt.say(f"training {describe(s)} on {n} examples ({ds.num_labels} labels: "
-                f"{', '.join(ds.label_names) or 'ids'}), {plan['total']} steps, max_length "
-                f"{s['max_length']}" + (f" ({plan['truncated']} of {n} training texts are "
-                                        f"longer and are cut)" if plan["truncated"] else ""))
+        if s.get("task") == "chat":
+            opt.say(f"training {describe(s)} on {n} conversations (answer-only loss), "
+                    f"{plan['total']} steps")
+        else:
+            opt.say(f"training {describe(s)} on {n} examples ({ds.num_labels} labels: "
+                    f"{', '.join(ds.label_names) or 'ids'}), {plan['total']} steps, max_length "
+                    f"{s['max_length']}" + (f" ({plan['truncated']} of {n} training texts are "
+                                            f"longer and are cut)" if plan["truncated"] else ""))
     stop = _Interrupt()
     callbacks = [pl.train.HistoryLog(staging / runs.HISTORY_FILE), _EpochLine(s["epochs"]), stop]
     if args.stop_after:
@@ -262,7 +286,8 @@ def execute(args, plan: dict) -> int:
     try:
         result = pl.train.fit(
             model, ds.train, ds.validation, tokenizer=tok, epochs=s["epochs"], lr=s["lr"],
-            batch_size=s["batch_size"], max_length=s["max_length"], device=args.device,
+            batch_size=s["batch_size"], device=args.device,
+            max_length=None if s.get("task") == "chat" else s["max_length"],
             seed=s["seed"], progress=args.progress, callbacks=callbacks,
             precision=s.get("precision", "fp32"),
             checkpoint_every=s["checkpoint_every"], checkpoint_dir=ckdir,
@@ -286,6 +311,8 @@ def execute(args, plan: dict) -> int:
         opt.say(f"stopped at step {step} of {plan['total']}; the run is in {staging}; continue "
                 f"it with: peftlab train --resume {out}")
         return 0 if args.stop_after and not stop.requested else 130
+    if s.get("task") == "chat":
+        return chat.finish(plan, result, staging, out, step)
     test = pl.train.evaluate(model, ds.test.loader(tok, batch_size=2 * s["batch_size"],
                                                    max_length=s["max_length"]))
     pl.save_adapter(model, staging / runs.ADAPTER_DIR)

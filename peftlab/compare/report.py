@@ -196,6 +196,11 @@ class Report:
     def csv_columns(self) -> list[str]:
         return COLUMNS + [category_column(c) for c in category_order(self.rows)]
 
+    def csv_row(self, r: dict) -> dict:
+        acc = r.get("category_accuracy") or {}
+        return {**{k: r.get(k) for k in COLUMNS},
+                **{category_column(c): acc.get(c) for c in category_order(self.rows)}}
+
     def write(self, out: str | Path, plot: bool = True) -> dict[str, Path]:
         """Write report.csv, report.json and (plot=True) compare.png, plus categories.png when
         the task has categories, into the folder `out` (each file written atomically)."""
@@ -211,9 +216,7 @@ class Report:
                            lineterminator="\n")
         w.writeheader()
         for r in self.rows:
-            acc = r.get("category_accuracy") or {}
-            w.writerow({**{k: r.get(k) for k in COLUMNS},
-                        **{category_column(c): acc.get(c) for c in category_order(self.rows)}})
+            w.writerow(self.csv_row(r))
         text = buf.getvalue()
         doc = json.dumps({"task": self.task, "settings": self.settings, "rows": self.rows},
                          indent=2, default=str) + "\n"
@@ -241,4 +244,91 @@ class Report:
             if "training_state_bytes" not in r and "peak_memory_bytes" in r:
                 r["training_state_bytes"] = r["peak_memory_bytes"]
                 r.setdefault("state_ratio", r.get("memory_ratio"))
+        if d["task"] == "chat" and cls is Report:
+            return ChatReport(d["task"], d["rows"], d["settings"])
         return cls(d["task"], d["rows"], d["settings"])
+
+
+# --- the chat task's report (compare/chat.py) ----------------------------------------------
+
+CHAT_COLUMNS = ["method", "status", "seeds", "trainable", "total", "trainable_pct", "exact_match",
+           "exact_match_std", "retention", "retention_std", "field_accuracy", "held_out_loss",
+           "step_time_s", "step_time_ratio", "step_time_spread", "train_step_time_s",
+           "train_time_s", "setup_s", "training_state_bytes", "adapter_bytes", "generate_s",
+           "steps", "train_size", "epochs", "batch_size", "lr", "final_train_loss",
+           "exact_match_runs", "retention_runs", "device", "precision", "description", "note"]
+
+
+class ChatReport(Report):
+    """The chat comparison (compare/chat.py): exact match, retention, held-out loss, cost."""
+
+    def csv_columns(self) -> list[str]:
+        cats = list(dict.fromkeys(c for r in self.rows for c in (r.get("categories") or {})))
+        return CHAT_COLUMNS + [f"em[{c}]" for c in cats]
+
+    def csv_row(self, r: dict) -> dict:
+        cats = {f"em[{c}]": v[0] for c, v in (r.get("categories") or {}).items()}
+        return {**{k: r.get(k) for k in CHAT_COLUMNS}, **cats}
+
+    def table(self) -> str:
+        mb = measure.human_bytes
+        head = (f"{'method':<12} {'trainable':>11} {'%':>7} {'exact':>6} {'± std':>6} "
+                f"{'retain':>6} {'loss':>7} {'step ms':>7} {'x lora':>6} {'state':>9} "
+                f"{'adapter':>9} {'gen s':>6}")
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            if r["status"] != "ok":
+                lines.append(f"{r['method']:<12} {r['status'].upper()}: {r['note'][:90]}")
+                continue
+            lines.append(
+                f"{r['method']:<12} {r['trainable']:>11,} {r['trainable_pct']:>6.3f}% "
+                f"{r['exact_match']:>6.3f} {_f(r.get('exact_match_std'), lambda v: f'{v:.3f}'):>6} "
+                f"{r['retention']:>6.3f} {_f(r.get('held_out_loss'), lambda v: f'{v:.4f}'):>7} "
+                f"{_f(r.get('step_time_s'), lambda v: f'{1000 * v:.0f}'):>7} "
+                f"{_f(r.get('step_time_ratio'), lambda v: f'{v:.2f}'):>6} "
+                f"{_f(r.get('training_state_bytes'), mb):>9} "
+                f"{mb(r.get('adapter_bytes') or 0):>9} {r['generate_s']:>6.1f}")
+        st = self.settings
+        seeds = st.get("seeds") or [st.get("seed", 0)]
+        n = next((r["test_n"] for r in self.rows if r.get("test_n")), "?")
+        k = next((r["retention_n"] for r in self.rows if r.get("retention_n")), "?")
+        lines += [(f"exact: greedy answers to the {n} held-out test examples (new names, "
+                   f"cities and templates), normalised exact match; mean over {len(seeds)} "
+                   f"seed(s)"),
+                  (f"retain: exact match on {k} questions the base model answers right "
+                   f"(1.0 = nothing forgotten)"),
+                  "loss: validation cross-entropy per answer token after training",
+                  "state: exact count: weights + gradients + optimizer state + saved activations",
+                  f"data budget: the same for every method: {st.get('budget')}"]
+        lines += self.timing_lines()
+        cats = list(dict.fromkeys(c for r in self.rows for c in (r.get("categories") or {})))
+        if cats:
+            lines += ["", "exact match by test category", f"{'method':<12} " +
+                      " ".join(f"{c:>18}" for c in cats)]
+            for r in self.rows:
+                if r["status"] == "ok":
+                    lines.append(f"{r['method']:<12} " + " ".join(
+                        f"{r['categories'][c][0]:>18.3f}" for c in cats))
+        return "\n".join(lines)
+
+    def figure(self, title: str | None = None):
+        """Exact match (held-out test) and retention per method, against trainable numbers."""
+        import matplotlib.pyplot as plt
+        ok = [r for r in self.rows if r["status"] == "ok"]
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        x = range(len(ok))
+        ax.bar([i - 0.2 for i in x], [r["exact_match"] for r in ok], 0.4,
+               label="exact match (held-out test)")
+        ax.bar([i + 0.2 for i in x], [r["retention"] for r in ok], 0.4,
+               label="retention (base answers kept)")
+        ax.set_xticks(list(x), [f"{r['method']}\n{r['trainable']:,}" for r in ok], fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("share exactly right")
+        ax.set_title(title or "peftlab compare: chat task (trainable numbers under each name)",
+                     fontsize=10)
+        ax.legend(fontsize=8, loc="lower right")
+        fig.tight_layout()
+        return fig
+
+    def category_table(self) -> str:
+        return ""

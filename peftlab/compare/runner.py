@@ -166,6 +166,11 @@ def run(methods: list[str] | None = None, *, task: str = "text", seed: int = 0, 
     (compare/timing.py), so background load hits all methods alike; the step-time columns
     then come from there (the times measured during training stay in train_step_time_s).
     """
+    if task == "chat":                 # generation and retention: its own runner (compare/chat.py)
+        from peftlab.compare import chat
+        return chat.run(methods, seed=seed, seeds=seeds, device=device, epochs=epochs,
+                        quick=quick, progress=progress, log=log, model_fn=model_fn,
+                        precision=precision, interleave=interleave)
     specs = METHODS.get(task)
     if specs is None:
         raise ValueError(f"Unknown task {task!r}: use one of {', '.join(TASKS)}.")

@@ -42,5 +42,6 @@ SPEC = MethodSpec(
                      2e-2, build_head),
         CompareEntry("full", "vision", "every weight", 3e-3, build_all),
         CompareEntry("head", "vision", "fc head only", 3e-2, build_head),
+        CompareEntry("full", "chat", "every weight", 5e-5, build_all),
     ),
 )

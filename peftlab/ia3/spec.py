@@ -1,7 +1,8 @@
 """IA3 declares itself (see peftlab/core/methodspec.py). Loaded without the method's code.
-No `peftlab compare` row by default (the default comparison's method list stays as it is)."""
+A `peftlab compare --task chat` row; none on the text and vision tasks (their tables stay as
+they are)."""
 
-from peftlab.core.methodspec import MethodSpec, TrainEntry
+from peftlab.core.methodspec import CompareEntry, MethodSpec, TrainEntry
 
 
 def describe(s: dict) -> str:
@@ -15,10 +16,17 @@ def build_train(model, tokenizer, s: dict, train_split, total_steps: int) -> Non
     ia3.apply(model, ia3.IA3Config(targets=s.get("targets") or None))
 
 
+def build_compare(model, ctx) -> None:
+    from peftlab import ia3
+    ia3.apply(model, ia3.IA3Config())
+
+
 SPEC = MethodSpec(
     name="ia3", module="peftlab.ia3", config="IA3Config", order=60,
     paper="Liu et al. 2022, Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper "
           "than In-Context Learning",
     hf_peft_type="IA3",
     train=(TrainEntry("ia3", 1e-2, describe, build_train),),
+    compare=(CompareEntry("ia3", "chat", "scales on k_proj, v_proj, down_proj (the Llama "
+                                         "defaults)", 1e-2, build_compare),),
 )

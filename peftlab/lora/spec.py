@@ -34,6 +34,20 @@ def compare_build(targets_key: str):
 
 build_all, build_qv = compare_build("lora_targets"), compare_build("lora_qv_targets")
 
+
+def build_dora(model, ctx):
+    """DoRA (Liu et al. 2024): LoRA's r and alpha, plus a trained magnitude per output."""
+    from peftlab import lora
+    r = ctx.get("lora_r", 8)
+    lora.apply(model, lora.LoraConfig(r=r, alpha=2 * r, targets=ctx["lora_targets"],
+                                      variant="dora"))
+
+
+def build_vera(model, ctx):
+    """VeRA (Kopiczko et al. 2024): frozen shared random A, B of rank 256; trained scales."""
+    from peftlab import lora
+    lora.apply(model, lora.VeraConfig(r=256, targets=ctx["lora_targets"]))
+
 SPEC = MethodSpec(
     name="lora", module="peftlab.lora", config="LoraConfig", order=10,
     paper="Hu et al. 2021, LoRA: Low-Rank Adaptation of Large Language Models",
@@ -52,5 +66,11 @@ SPEC = MethodSpec(
         CompareEntry("lora_qv", "text", "r=8 on query,value only (12 layers) + head", 3e-3,
                      build_qv),
         CompareEntry("lora", "vision", "r=4 on every conv + head", 1e-2, build_all),
+        CompareEntry("lora", "chat", "r=8 on all 210 linear layers", 2e-3, build_all),
+        CompareEntry("lora_qv", "chat", "r=8 on q_proj,v_proj only (60 layers)", 2e-3,
+                     build_qv),
+        CompareEntry("dora", "chat", "DoRA r=8 on all 210 linear layers", 2e-3, build_dora),
+        CompareEntry("vera", "chat", "VeRA r=256 on all linear layers (shared frozen A, B)",
+                     1e-2, build_vera),
     ),
 )

@@ -28,5 +28,7 @@ SPEC = MethodSpec(
                     "prefix / prompt length (default 10)"),),
     train=(TrainEntry("prefix", 3e-2, describe, build_train),),
     compare=(CompareEntry("prefix", "text", "10 key/value prefixes per layer + head", 3e-2,
-                          build_compare),),
+                          build_compare),
+             CompareEntry("prefix", "chat", "10 key/value prefixes per layer", 1e-2,
+                          build_compare)),
 )

@@ -23,6 +23,16 @@ def build_compare(model, ctx) -> None:
                  tokenizer=ctx["tokenizer"])
 
 
+CHAT_INIT_TEXT = "Extract the name, city and day"      # the task's instruction words
+
+
+def build_chat(model, ctx) -> None:
+    from peftlab import prompt
+    prompt.apply(model, prompt.PromptConfig(num_virtual_tokens=10, init="text",
+                                            init_text=CHAT_INIT_TEXT),
+                 tokenizer=ctx["tokenizer"])
+
+
 SPEC = MethodSpec(
     name="prompt", module="peftlab.prompt", config="PromptConfig", order=30,
     paper="Lester et al. 2021, The Power of Scale for Parameter-Efficient Prompt Tuning",
@@ -33,5 +43,7 @@ SPEC = MethodSpec(
                     "prefix / prompt length (default 10)"),),
     train=(TrainEntry("prompt", 3e-2, describe, build_train),),
     compare=(CompareEntry("prompt", "text", "10 soft prompt tokens (init: label words) + head",
-                          3e-2, build_compare),),
+                          3e-2, build_compare),
+             CompareEntry("prompt", "chat", "10 soft prompt tokens (init: the instruction "
+                                            "words)", 3e-2, build_chat)),
 )

@@ -1,10 +1,11 @@
 """QLoRA declares itself (see peftlab/core/methodspec.py). Loaded without the method's code.
 
-No `peftlab compare` row (yet): adding one changes the default comparison table. Its adapter
+A `peftlab compare --task chat` row (none on the text and vision tasks: their tables stay as
+they are). Its adapter
 exports as Hugging Face PEFT "LORA" (qlora/format.py); hf_peft_type stays None so that a LORA
 folder read back maps to pl.lora, the one method of that peft type."""
 
-from peftlab.core.methodspec import MethodSpec, Option, TrainEntry
+from peftlab.core.methodspec import CompareEntry, MethodSpec, Option, TrainEntry
 
 DEFAULT_TARGETS = ["query", "value"]     # `peftlab train` without --targets (as LoRA)
 
@@ -28,6 +29,12 @@ def build_train(model, tokenizer, s: dict, train_split, total_steps: int) -> Non
                                          keep_base=bool(s.get("keep_base", False))))
 
 
+def build_compare(model, ctx) -> None:
+    from peftlab import qlora
+    r = ctx.get("lora_r", 8)
+    qlora.apply(model, qlora.QLoraConfig(r=r, alpha=2 * r, targets=ctx["lora_targets"]))
+
+
 SPEC = MethodSpec(
     name="qlora", module="peftlab.qlora", config="QLoraConfig", order=15,
     paper="Dettmers et al. 2023, QLoRA: Efficient Finetuning of Quantized LLMs",
@@ -40,4 +47,6 @@ SPEC = MethodSpec(
                "modules to adapt: suffixes, re:<regex> or all-linear (default: query,value)"),
     ),
     train=(TrainEntry("qlora", 3e-3, describe, build_train),),
+    compare=(CompareEntry("qlora", "chat", "r=8 on all 210 linear layers of the NF4 base "
+                                           "(double quant)", 2e-3, build_compare),),
 )

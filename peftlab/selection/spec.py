@@ -27,7 +27,8 @@ def build_compare(model, ctx) -> None:
     from peftlab import selection, train
     batch_size = ctx["batch_size"]
     cfg = selection.SelectionConfig(fraction=ctx["selection_fraction"], per_example=True,
-                                    max_batches=max(1, SCORE_EXAMPLES // batch_size),
+                                    max_batches=max(1, ctx.get("selection_examples",
+                                                               SCORE_EXAMPLES) // batch_size),
                                     seed=ctx["seed"])
     batches = [b for b, _ in zip(ctx["score_loader"](), range(cfg.max_batches))]
     selection.apply(model, cfg, batches=batches, loss_fn=train.loss_fn)
@@ -43,6 +44,8 @@ SPEC = MethodSpec(
         CompareEntry("selection", "text",
                      "0.5% of weights by per-example Fisher on 1,024 examples + head", 2e-3,
                      build_compare),
+        CompareEntry("selection", "chat", "0.5% of weights by per-example Fisher on 64 "
+                                          "examples", 1e-3, build_compare),
         CompareEntry("selection", "vision", "2% of weights by Fisher score + head", 1e-2,
                      build_compare),
     ),
