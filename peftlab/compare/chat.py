@@ -47,6 +47,7 @@ import torch
 from peftlab import measure
 from peftlab.compare.methods import DATA, MethodSpec, Task, rows
 from peftlab.compare.report import ChatReport
+from peftlab.compare.seeds import check_run
 
 DATASET = "chat_extract"
 BASE = "base"
@@ -212,10 +213,7 @@ def run(methods_: list[str] | None = None, *, seed: int = 0, seeds: int = 1, dev
     if unknown:
         raise ValueError(f"Unknown method(s) {', '.join(unknown)} for task 'chat'; known: "
                          f"{', '.join(available())}.")
-    if epochs is not None and not epochs > 0:
-        raise ValueError(f"epochs must be > 0, got {epochs!r}")
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds must be a positive int (runs per method), got {seeds!r}")
+    check_run(epochs, seeds)
     dev = get_device(device)
     prec = resolve_precision(precision, dev)
     seed_list = [seed + i for i in range(seeds)]

@@ -29,7 +29,7 @@ from peftlab.compare.evaluation import (  # noqa: F401  (predict: re-exported)
 )
 from peftlab.compare.methods import METHODS, TASKS, MethodSpec, Task, text_task, vision_task
 from peftlab.compare.report import Report, _ratios
-from peftlab.compare.seeds import aggregate, failed_row
+from peftlab.compare.seeds import aggregate, check_run, failed_row
 from peftlab.compare.timing import interleaved_step_times
 from peftlab.core.state import get_method
 
@@ -179,10 +179,7 @@ def run(methods: list[str] | None = None, *, task: str = "text", seed: int = 0, 
     if unknown:
         raise ValueError(f"Unknown method(s) {', '.join(unknown)} for task {task!r}; known: "
                          f"{', '.join(specs)}.")
-    if epochs is not None and not epochs > 0:
-        raise ValueError(f"epochs must be > 0, got {epochs!r}")
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds must be a positive int (runs per method), got {seeds!r}")
+    check_run(epochs, seeds)
     from peftlab.runtime import get_device, seed_everything
     from peftlab.train.precision import cpu_bf16_support, resolve_precision
     dev = get_device(device)

@@ -17,6 +17,15 @@ def failed_row(name: str, spec: MethodSpec, e: BaseException) -> dict:
             "note": f"{type(e).__name__}: {e}", "traceback": (str(cause) if cause else "") + tb}
 
 
+def check_run(epochs, seeds) -> None:
+    """Refuse an epochs override that is not > 0 and a seeds count that is not a positive int
+    (pl.compare.run and the chat comparison, before any training)."""
+    if epochs is not None and not epochs > 0:
+        raise ValueError(f"epochs must be > 0, got {epochs!r}")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be a positive int (runs per method), got {seeds!r}")
+
+
 MEAN_KEYS = ("test_accuracy", "val_accuracy", "test_loss", "final_train_loss", "step_time_s",
              "setup_s", "train_time_s", "infer_s", "infer_merged_s")
 
