@@ -70,6 +70,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     from peftlab.serve import cli as serve_cli
     subs["serve"] = serve_cli.add_parser(sub)
     from peftlab.compare import TEXT_METHODS, VISION_METHODS
+    from peftlab.compare.methods import defaults
     from peftlab.compare import chat as chat_compare
     cmp = sub.add_parser(
         "compare", help="train every method side by side and write a report",
@@ -79,8 +80,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         epilog=COMPARE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     subs["compare"] = cmp
     cmp.add_argument("--methods", type=opt.name_list, default=None,
-                     help=f"comma-separated subset (default: all; chat: "
-                          f"{','.join(chat_compare.DEFAULT_METHODS)}), or all. text: "
+                     help=f"comma-separated subset, or all (default: text: "
+                          f"{','.join(defaults('text'))}; chat: "
+                          f"{','.join(chat_compare.DEFAULT_METHODS)}). text: "
                           f"{','.join(TEXT_METHODS)}; vision: {','.join(VISION_METHODS)}; "
                           f"chat: {','.join(chat_compare.available())}")
     cmp.add_argument("--task", choices=["text", "vision", "chat"], default="text",
@@ -154,8 +156,6 @@ def _compare_data(args, cmp) -> None:
 
 def _compare(args, cmp) -> int:
     from peftlab import compare
-    if args.methods == ["all"]:
-        args.methods = None if args.task != "chat" else ["all"]
     if args.methods is not None and args.methods != ["all"]:
         known = compare.available(args.task)
         bad = [m for m in args.methods if m not in known]

@@ -66,6 +66,32 @@ def test_every_text_method_runs_and_is_measured(quick_report):
     assert rows["selection"]["setup_s"] > rows["head"]["setup_s"]     # Fisher scoring
 
 
+EXTRA = ("dora", "vera", "qlora", "bottleneck", "bottleneck_parallel", "ia3")
+
+
+def test_the_rows_on_request_run_and_are_measured(quick_report):
+    """DoRA, VeRA, QLoRA, the bottleneck adapters and IA3 are text rows run only on request
+    (--methods NAME or all): the default run is unchanged, "all" adds them, and each trains
+    and is measured like the rest."""
+    assert compare.runner.selected(None, "text") == compare.methods.defaults("text")
+    assert compare.runner.selected(["all"], "text") == compare.available("text")
+    assert set(compare.available("text")) - set(compare.methods.defaults("text")) == set(EXTRA)
+    rep = compare.run(["lora", *EXTRA], quick=True, seed=0, model_fn=tiny_text_model,
+                      device="cpu", isolate=False, interleave=False)
+    rows = {r["method"]: r for r in rep.rows}
+    for name in EXTRA:
+        r = rows[name]
+        assert r["status"] == "ok", (name, r.get("traceback"))
+        assert 0 < r["trainable"] < r["total"] / 5 and 0 <= r["test_accuracy"] <= 1
+        assert r["lr"] == compare.TEXT_METHODS[name].budget.lr
+        assert r["train_size"] == rows["lora"]["train_size"]     # one data budget
+    assert rows["dora"]["trainable"] > rows["lora"]["trainable"]  # + a magnitude per output
+    assert rows["qlora"]["trainable"] == rows["lora"]["trainable"]   # the same A, B and head
+    # the same seed gives LoRA the same numbers whatever else runs beside it
+    assert rows["lora"]["test_accuracy"] == {r["method"]: r for r in quick_report.rows}[
+        "lora"]["test_accuracy"]
+
+
 def test_same_seed_same_accuracies(quick_report):
     again = compare.run(None, quick=True, seed=0, model_fn=tiny_text_model, device="cpu")
     for a, b in zip(quick_report.rows, again.rows):

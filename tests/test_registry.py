@@ -385,8 +385,11 @@ def test_the_derived_tables_match_the_registry():
     assert cm.names() == ("full", "head", "bitfit", "lora", "qlora", "prefix", "prompt",
                           "bottleneck", "bottleneck_parallel", "selection", "adalora", "ia3")
     assert cm.learning_rate("lora") == 3e-3
-    assert list(pl.compare.TEXT_METHODS) == ["full", "head", "lora", "lora_qv", "prefix",
-                                             "prompt", "selection", "adalora"]
+    assert pl.compare.methods.defaults("text") == ["full", "head", "lora", "lora_qv", "prefix",
+                                                   "prompt", "selection", "adalora"]
+    assert list(pl.compare.TEXT_METHODS) == ["full", "head", "lora", "lora_qv", "dora", "vera",
+                                             "qlora", "prefix", "prompt", "bottleneck",
+                                             "bottleneck_parallel", "selection", "adalora", "ia3"]
     with pytest.raises(ValueError, match="Unknown peftlab method 'nope'.*known: full"):
         registry.spec("nope")
 

@@ -33,6 +33,11 @@ def build_compare(model, ctx) -> None:
     bottleneck.apply(model, bottleneck.BottleneckConfig(reduction_factor=16))
 
 
+def build_compare_parallel(model, ctx) -> None:
+    """He et al.'s parallel adapter on the FFN, as `peftlab train --method bottleneck_parallel`."""
+    build_train(model, None, {"method": "bottleneck_parallel"}, None, 0)
+
+
 SPEC = MethodSpec(
     name="bottleneck", module="peftlab.bottleneck", config="BottleneckConfig", order=35,
     paper="Houlsby et al. 2019, Parameter-Efficient Transfer Learning for NLP; parallel: He "
@@ -45,6 +50,11 @@ SPEC = MethodSpec(
                     "2 parallel)"),),
     train=(TrainEntry("bottleneck", 3e-3, describe, build_train),
            TrainEntry("bottleneck_parallel", 3e-3, describe, build_train)),
-    compare=(CompareEntry("bottleneck", "chat", "serial Houlsby adapters, reduction factor 16",
+    compare=(CompareEntry("bottleneck", "text", "serial Houlsby adapters, reduction factor 16 "
+                                                "+ head", 3e-3, build_compare, default=False),
+             CompareEntry("bottleneck_parallel", "text", "parallel adapters on the FFN, "
+                          "reduction factor 2, scaling 4 + head", 3e-3, build_compare_parallel,
+                          default=False),
+             CompareEntry("bottleneck", "chat", "serial Houlsby adapters, reduction factor 16",
                           3e-3, build_compare),),
 )

@@ -76,6 +76,16 @@ CHAT_METHODS = rows("chat")
 METHODS = {"text": TEXT_METHODS, "vision": VISION_METHODS, "chat": CHAT_METHODS}
 
 
+def defaults(task: str = "text") -> list[str]:
+    """The rows of the task's default run (`peftlab compare` without --methods), in order:
+    every row whose CompareEntry has default=True (chat: compare/chat.py DEFAULT_METHODS)."""
+    from peftlab.core import registry
+
+    if task not in METHODS:
+        raise ValueError(f"Unknown task {task!r}: use one of {', '.join(TASKS)}.")
+    return [n for n, (_, e) in registry.compare_entries(task).items() if e.default]
+
+
 def available(task: str = "text") -> list[str]:
     """Method names `compare` knows for a task, in table order."""
     if task not in METHODS:

@@ -27,7 +27,8 @@ from peftlab.compare.evaluation import (  # noqa: F401  (predict: re-exported)
     predict,
     predict_by_length,
 )
-from peftlab.compare.methods import METHODS, TASKS, MethodSpec, Task, text_task, vision_task
+from peftlab.compare.methods import (METHODS, TASKS, MethodSpec, Task, defaults, text_task,
+                                     vision_task)
 from peftlab.compare.report import Report, _ratios
 from peftlab.compare.seeds import aggregate, check_run, failed_row
 from peftlab.compare.timing import interleaved_step_times
@@ -148,11 +149,20 @@ def _process_pool():
 
 # --- the whole comparison ---------------------------------------------------------------------
 
+def selected(methods: list[str] | None, task: str) -> list[str]:
+    """The rows a run trains: None -> the task's default rows (methods.defaults), ["all"] ->
+    every row the task has, else `methods` as given."""
+    if methods is None:
+        return defaults(task)
+    return list(METHODS[task]) if list(methods) == ["all"] else list(methods)
+
+
 def run(methods: list[str] | None = None, *, task: str = "text", seed: int = 0, seeds: int = 1,
         device=None, epochs: float | None = None, quick: bool = False, progress: bool = False,
         log: Callable[[str], None] | None = None, model_fn=None,
         isolate: bool = True, precision: str = "fp32", interleave: bool = True) -> Report:
-    """Run `methods` (default: all for the task) with `seeds` seeds (seed, seed + 1, ...) each
+    """Run `methods` (default: the task's default rows, methods.defaults; ["all"]: every row)
+    with `seeds` seeds (seed, seed + 1, ...) each
     and return the Report (one row per method: means, and standard deviations over seeds).
 
     epochs overrides every method's budget; quick shrinks everything to a smoke run
@@ -174,7 +184,7 @@ def run(methods: list[str] | None = None, *, task: str = "text", seed: int = 0, 
     specs = METHODS.get(task)
     if specs is None:
         raise ValueError(f"Unknown task {task!r}: use one of {', '.join(TASKS)}.")
-    methods = list(specs) if methods is None else list(methods)
+    methods = selected(methods, task)
     unknown = [m for m in methods if m not in specs]
     if unknown:
         raise ValueError(f"Unknown method(s) {', '.join(unknown)} for task {task!r}; known: "

@@ -66,7 +66,9 @@ class CompareEntry:
     description: what is trained, in a few words. lr: the method's peak learning rate on
     that task. build: build(model, ctx) applies the method to a fresh copy of the task's base
     model (ctx: the task's settings). The data budget (examples, epochs, batch size) belongs
-    to the task, not here (compare/methods.py).
+    to the task, not here (compare/methods.py). default: whether the task's default run
+    (`peftlab compare` without --methods) includes the row; False: only on request (its name
+    in --methods, or --methods all), so the default run keeps its time budget.
     """
 
     name: str
@@ -74,6 +76,7 @@ class CompareEntry:
     description: str
     lr: float
     build: Callable
+    default: bool = True
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """IA3 declares itself (see peftlab/core/methodspec.py). Loaded without the method's code.
-A `peftlab compare --task chat` row; none on the text and vision tasks (their tables stay as
-they are)."""
+A `peftlab compare --task chat` row, and a text row run only on request (the default text
+table stays as it is)."""
 
 from peftlab.core.methodspec import CompareEntry, MethodSpec, TrainEntry
 
@@ -27,6 +27,8 @@ SPEC = MethodSpec(
           "than In-Context Learning",
     hf_peft_type="IA3",
     train=(TrainEntry("ia3", 1e-2, describe, build_train),),
-    compare=(CompareEntry("ia3", "chat", "scales on k_proj, v_proj, down_proj (the Llama "
+    compare=(CompareEntry("ia3", "text", "scales on key, value, output.dense (peft's BERT "
+                                         "defaults) + head", 1e-2, build_compare, default=False),
+             CompareEntry("ia3", "chat", "scales on k_proj, v_proj, down_proj (the Llama "
                                          "defaults)", 1e-2, build_compare),),
 )

@@ -69,6 +69,10 @@ SPEC = MethodSpec(
         CompareEntry("lora", "chat", "r=8 on all 210 linear layers", 2e-3, build_all),
         CompareEntry("lora_qv", "chat", "r=8 on q_proj,v_proj only (60 layers)", 2e-3,
                      build_qv),
+        CompareEntry("dora", "text", "DoRA r=8 on all 36 linear layers + head", 3e-3,
+                     build_dora, default=False),
+        CompareEntry("vera", "text", "VeRA r=256 on all 36 linear layers (shared frozen A, B) "
+                                     "+ head", 1e-2, build_vera, default=False),
         CompareEntry("dora", "chat", "DoRA r=8 on all 210 linear layers", 2e-3, build_dora),
         CompareEntry("vera", "chat", "VeRA r=256 on all linear layers (shared frozen A, B)",
                      1e-2, build_vera),

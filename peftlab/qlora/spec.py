@@ -47,6 +47,8 @@ SPEC = MethodSpec(
                "modules to adapt: suffixes, re:<regex> or all-linear (default: query,value)"),
     ),
     train=(TrainEntry("qlora", 3e-3, describe, build_train),),
-    compare=(CompareEntry("qlora", "chat", "r=8 on all 210 linear layers of the NF4 base "
+    compare=(CompareEntry("qlora", "text", "r=8 on all 36 linear layers of the NF4 base (double "
+                                           "quant) + head", 3e-3, build_compare, default=False),
+             CompareEntry("qlora", "chat", "r=8 on all 210 linear layers of the NF4 base "
                                            "(double quant)", 2e-3, build_compare),),
 )
