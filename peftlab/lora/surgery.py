@@ -60,7 +60,8 @@ class LoraConfig:
     at the start. pl.lora.apply(model, LoraConfig(...)).
 
     r: rank of the update; trainable numbers per layer = r * (d_in + d_out).
-    alpha: the update is scaled by alpha / r, so changing r keeps its size.
+    alpha: the update is scaled by alpha / r (Hu et al.: less re-tuning when r changes; it
+        does not keep the update's size as r grows, rsLoRA's alpha / sqrt(r) does).
     dropout: dropout on the adapter's input only (regularises A and B).
     targets: which modules get an adapter: name suffixes ("query"), full names,
         "re:<regex>", module types, or "all-linear".

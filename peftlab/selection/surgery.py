@@ -21,7 +21,8 @@ SparseEmbedding around `base_layer`), whose forward never forms the dense W_eff 
 gradient: only the k values' gradient. The optimizer sees only `values`: its state (AdamW:
 two moments) and the saved adapter scale with k, and unselected entries stay bit-identical to
 the base under any optimizer, weight decay and momentum included. (A gradient mask on the dense
-weight is not enough: AdamW's decay and momentum would still move masked entries.) A tensor
+weight keeps masked entries' moments at zero, but AdamW's decoupled weight decay still shrinks
+them, and the gradients and optimizer state stay dense.) A tensor
 that is selected entirely (granularity="tensor", or the head) trains as itself, densely.
 
 Adapter tensors: "<param>.sparse_indices" / ".sparse_values" / ".sparse_shape" for sparse
