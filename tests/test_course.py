@@ -14,10 +14,12 @@ NB_DIR = ROOT / "notebooks"
 EXPECTED = [
     "00_setup", "01_full_finetuning", "02_lora", "03_prefix_and_prompt_tuning",
     "04_gradient_based_selection", "05_adaptive_budget_adalora", "06_comparison", "07_vision",
-    "08_bring_your_own_model", "09_deploy_and_monitor",
+    "08_bring_your_own_model", "09_deploy_and_monitor", "10_chat_finetuning", "11_qlora",
+    "12_peft_family",
 ]
 METHOD_NOTEBOOKS = ["01_full_finetuning", "02_lora", "03_prefix_and_prompt_tuning",
-                    "04_gradient_based_selection", "05_adaptive_budget_adalora", "07_vision"]
+                    "04_gradient_based_selection", "05_adaptive_budget_adalora", "07_vision",
+                    "10_chat_finetuning", "11_qlora", "12_peft_family"]
 
 
 def notebooks() -> list[Path]:
@@ -120,7 +122,7 @@ def test_course_map_lists_every_notebook_and_readme_links_it():
 
 MINE = ["02_lora", "03_prefix_and_prompt_tuning", "04_gradient_based_selection",
         "05_adaptive_budget_adalora", "07_vision", "08_bring_your_own_model",
-        "09_deploy_and_monitor"]
+        "09_deploy_and_monitor", "10_chat_finetuning", "11_qlora", "12_peft_family"]
 WIDGET_WORDS = ("widget", "Explorer", "Viewer", "Inspector")
 
 
@@ -140,7 +142,8 @@ def test_every_exercise_has_a_written_answer(name):
 
 @pytest.mark.parametrize("name", ["02_lora", "03_prefix_and_prompt_tuning",
                                   "04_gradient_based_selection", "05_adaptive_budget_adalora",
-                                  "07_vision"])
+                                  "07_vision", "10_chat_finetuning", "11_qlora",
+                                  "12_peft_family"])
 def test_method_notebooks_have_an_exercise_that_needs_its_widget(name):
     items = re.split(r"^\d+\.", _exercises(name), flags=re.M)[1:]
     assert any(any(w in item for w in WIDGET_WORDS) for item in items), name
@@ -241,7 +244,7 @@ def test_fixed_errors_stay_fixed():
 
 def test_course_fits_its_time_budget():
     """The measured run times in the course map: each notebook under 3 minutes, the whole course
-    under 12, and the total the README states is their sum."""
+    under 20, and the total the README states is their sum."""
     readme = (NB_DIR / "README.md").read_text()
     secs = {}
     for line in readme.splitlines():
@@ -253,6 +256,6 @@ def test_course_fits_its_time_budget():
     slow = {n: s for n, s in secs.items() if s >= 180}
     assert not slow, f"notebooks over 3 minutes: {slow}"
     total = sum(secs.values()) / 60
-    assert total < 12, f"the course takes {total:.1f} minutes"
+    assert total < 20, f"the course takes {total:.1f} minutes"
     said = re.search(r"\*\*Whole course: about (\d+) minutes\.\*\*", readme)
     assert said and int(said.group(1)) == round(total), (said and said.group(0), total)

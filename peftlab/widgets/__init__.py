@@ -29,6 +29,7 @@ _WHERE = {
     "TradeoffExplorer": "tradeoff",
     "ServeMonitor": "serve_monitor",
     "FitExplorer": "fits",
+    "TokenProbs": "token_probs",
 }
 
 __all__ = list(_WHERE)
