@@ -9,7 +9,8 @@
 What the copy holds: every notebook with its code and prose, and with its outputs, execution
 counts, stored widget state and run metadata removed (a learner runs it and sees their own
 results); the course pages (README, glossary, references, self-check questions), the workshop
-kit and the committed comparison report that notebook 06 reads. What it leaves out: the
+kit with the diagrams the notebooks show, and the committed reports in results/ that the
+notebooks read (compare_default; compare_chat for notebook 10). What it leaves out: the
 answer key (`solutions/`, and any file or cell tagged as a solution), the nbval test
 configuration (conftest.py, sanitize.cfg) and editor caches.
 

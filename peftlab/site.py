@@ -10,8 +10,12 @@ the widget state the notebook stores (peftlab.widgets.snapshot: boxes, controls 
 values, figures). Nothing is re-run, so a build takes seconds. The pages are self-contained
 files: styles and images are inline, no script and no stylesheet is fetched from a CDN (the
 exporter's require.js, MathJax, mermaid and widget-manager tags are left out), so the folder
-reads the same from a USB stick. Math stays as its TeX source ($W + BA$). Links between
-notebooks point to the pages; index.html is notebooks/README.md, the course map.
+reads the same from a USB stick. Math is converted to MathML at build time, which browsers
+draw natively (peftlab.site_math); a formula that does not convert stays as TeX in a `<code>`
+and the build warns, naming the notebook and the cell. Images that markdown cells link
+(`![...](workshop/diagrams/lora.png)`) are embedded in the page; one that is not found is a
+warning too. Links between notebooks point to the pages; index.html is notebooks/README.md,
+the course map.
 
 `snapshot` adds the same snapshots to the notebooks themselves, next to each widget view,
 so an untrusted JupyterLab (a notebook you did not run yourself) and GitHub show the widgets'
@@ -25,6 +29,7 @@ import argparse
 import copy
 import re
 import sys
+import warnings
 from pathlib import Path
 
 from peftlab.io.files import atomic_write
@@ -48,6 +53,8 @@ TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 .peftlab-nav{font-family:sans-serif;font-size:14px;padding:8px 16px;border-bottom:1px solid #ddd;
   display:flex;gap:24px}
 .peftlab-widget-snapshot{border-left:3px solid #9ec5fe;padding-left:8px}
+math[display=block]{margin:0.6em 0;overflow-x:auto;overflow-y:hidden}
+.jp-RenderedMarkdown img{max-width:100%}
 </style>{%- endblock extra_css -%}
 """
 
@@ -129,23 +136,35 @@ def _nav(prev: str | None, nxt: str | None) -> str:
 
 def _exporter():
     from jinja2 import DictLoader
-    from nbconvert import HTMLExporter
-    exporter = HTMLExporter(template_name="lab",
-                            extra_loaders=[DictLoader({"peftlab_site.html.j2": TEMPLATE})])
+
+    from peftlab.site_math import MathMLExporter
+    exporter = MathMLExporter(template_name="lab", embed_images=True,
+                              extra_loaders=[DictLoader({"peftlab_site.html.j2": TEMPLATE})])
     exporter.template_file = "peftlab_site.html.j2"
     return exporter
 
 
-def render_page(nb, title: str, exporter=None) -> str:
-    """One self-contained HTML page for a notebook (widgets as snapshots, no CDN tags)."""
+def render_page(nb, title: str, exporter=None, folder: Path | str | None = None) -> str:
+    """One self-contained HTML page for a notebook (widgets as snapshots, math as MathML, the
+    images its markdown links embedded, no CDN tags). folder: where those image paths start
+    (the notebook's folder). Warns (BuildWarning) for each formula kept as TeX and each image
+    not found, naming `title` and the cell."""
+    from peftlab.site_math import BuildWarning
     exporter = exporter or _exporter()
-    body, _ = exporter.from_notebook_node(for_page(nb), resources={"metadata": {"name": title}})
+    meta = {"name": title, "path": str(folder) if folder is not None else ""}
+    body, _ = exporter.from_notebook_node(for_page(nb), resources={"metadata": meta})
+    for cell, formula, why in exporter.failures:
+        warnings.warn(f"{title}: cell {cell}: {formula.source()} kept as TeX ({why})",
+                      BuildWarning, stacklevel=2)
+    for src in re.findall(r"<img[^>]+src=[\"']((?!data:|https?:)[^\"']+)", body):
+        warnings.warn(f"{title}: image {src} not found (paths start at {folder}); the page "
+                      f"shows a broken image", BuildWarning, stacklevel=2)
     return body
 
 
 def build(out, notebooks: Path | str | None = None, quiet: bool = False) -> list[Path]:
     """Write the static course into `out`; returns the pages written (index.html first)."""
-    from nbconvert.filters.markdown_mistune import markdown2html_mistune
+    from peftlab.site_math import markdown_to_html
     src = Path(notebooks) if notebooks is not None else ROOT / "notebooks"
     paths, out = notebook_paths(src), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -153,14 +172,14 @@ def build(out, notebooks: Path | str | None = None, quiet: bool = False) -> list
     names = [p.stem + ".html" for p in paths]
     written, exporter = [], _exporter()
     readme = src / "README.md"
-    body = (markdown2html_mistune(readme.read_text(encoding="utf-8")) if readme.exists() else
+    body = (markdown_to_html(readme.read_text(encoding="utf-8")) if readme.exists() else
             "<h1>Course</h1><ul>" + "".join(f"<li><a href='{n}'>{n[:-5]}</a></li>"
                                              for n in names) + "</ul>")
     index = INDEX.format(title="peftlab course", body=_links(body, pages))
     atomic_write(out / "index.html", lambda t: Path(t).write_text(index, encoding="utf-8"))
     written.append(out / "index.html")
     for i, path in enumerate(paths):
-        html = render_page(_read(path), path.stem, exporter)
+        html = render_page(_read(path), path.stem, exporter, folder=src)
         nav = _nav(names[i - 1] if i else None, names[i + 1] if i + 1 < len(names) else None)
         html = re.sub(r"(<body[^>]*>)", lambda m, nav=nav: m.group(1) + nav,
                       _links(html, pages), count=1)

@@ -555,3 +555,73 @@ def test_the_checks_catch_a_monitor_that_stops_redrawing(lab, browser):
     assert "step 32/32" in page.text("trainingmonitor")   # it trained; only the redraws stopped
     page.page.close()
     lab.shutdown_kernels()
+
+
+# --- the static course site: math drawn as MathML, diagrams shown ---------------------------
+
+SITE_CHECK = """() => {
+  const md = [...document.querySelectorAll('.jp-RenderedMarkdown')];
+  const maths = md.flatMap(e => [...e.querySelectorAll('math')]);
+  const fracs = maths.flatMap(m => [...m.querySelectorAll('mfrac')]).map(f => [
+      f.children[0].getBoundingClientRect().bottom, f.children[1].getBoundingClientRect().top]);
+  return {
+    maths: maths.length,
+    empty: maths.filter(m => { const r = m.getBoundingClientRect();
+                               return !(r.width > 0 && r.height > 0); }).length,
+    display: maths.length ? getComputedStyle(maths[0]).display : '',
+    fracs: fracs.length, stacked: fracs.filter(([num, den]) => num <= den + 1).length,
+    text: md.map(e => e.innerText).join('\\n'),
+    images: [...document.querySelectorAll('.jp-RenderedMarkdown img')].map(
+        i => [i.alt, i.naturalWidth, i.getBoundingClientRect().width]),
+  };
+}"""
+
+
+def check_site_math(page, formulas: int) -> dict:
+    """The markdown of a site page shows `formulas` MathML formulas, drawn as MathML (laid out
+    by the browser's MathML engine, each with a size, fractions one part above the other), and
+    no TeX source as text."""
+    got = page.evaluate(SITE_CHECK)
+    raw = re.findall(r"\$\$?\\[A-Za-z]+", got["text"])
+    assert not raw, f"raw TeX visible on the page: {raw[:3]}"
+    assert got["maths"] == formulas, f"{got['maths']} <math> elements for {formulas} formulas"
+    assert got["display"].endswith("math"), f"<math> laid out as {got['display']!r}, not as MathML"
+    assert got["empty"] == 0, f"{got['empty']} of {got['maths']} formulas drawn with no size"
+    assert got["fracs"] and got["stacked"] == got["fracs"], \
+        f"{got['fracs'] - got['stacked']} of {got['fracs']} fractions not drawn one over the other"
+    return got
+
+
+def test_the_course_site_draws_math_and_diagrams(browser, tmp_path):
+    """A built page of the static site (02, LoRA) in Chromium: its formulas are MathML with a
+    size and no `$\\` text is left; its diagram is an image that loaded. The same checks fail
+    on the page with MathML layout turned off, and on the page with TeX where the math was."""
+    import nbformat
+
+    from peftlab import site
+    from peftlab.site_math import formulas
+    notebooks = Path(__file__).resolve().parent.parent / "notebooks"
+    src = tmp_path / "notebooks"
+    shutil.copytree(notebooks / "workshop" / "diagrams", src / "workshop" / "diagrams")
+    shutil.copy(notebooks / "02_lora.ipynb", src)
+    site.build(tmp_path / "site", notebooks=src, quiet=True)
+    page_path = tmp_path / "site" / "02_lora.html"
+    n = sum(len(formulas(c.source)) for c in nbformat.read(src / "02_lora.ipynb", 4).cells
+            if c.cell_type == "markdown")
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.set_default_timeout(WAIT_MS * timing.slowdown())
+    page.goto(page_path.as_uri())
+    got = check_site_math(page, n)
+    assert got["images"] and all(w > 0 and shown > 0 for _, w, shown in got["images"]), \
+        f"an image did not load: {got['images']}"
+    assert any("LoRA" in alt for alt, _, _ in got["images"])
+    page.add_style_tag(content="math, math * {display: inline !important}")   # no MathML layout
+    with pytest.raises(AssertionError, match="not as MathML"):
+        check_site_math(page, n)
+    html = page_path.read_text(encoding="utf-8")
+    page.set_content(re.sub(r"<math\b.*?</math>", r"$\\alpha$", html, flags=re.DOTALL))
+    with pytest.raises(AssertionError, match="raw TeX visible"):
+        check_site_math(page, n)
+    page.close()
+    print(f"         site page 02: {n} formulas drawn as MathML, {got['fracs']} fractions, "
+          f"{len(got['images'])} diagram(s) loaded")

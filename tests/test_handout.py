@@ -1,6 +1,7 @@
 """python -m peftlab.handout writes clean copies: every notebook, no outputs, no solutions."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -41,6 +42,25 @@ def test_the_course_copy_is_clean(tmp_path):
         assert code and all(c["outputs"] == [] and c["execution_count"] is None for c in code)
         # the teaching content is untouched: same cells, same sources, in order
         assert [c["source"] for c in clean["cells"]] == [c["source"] for c in orig["cells"]]
+
+
+def test_the_copy_holds_what_the_notebooks_read_beside_them(tmp_path):
+    """Every committed report a code cell names ("results/...") and every image a markdown
+    cell shows (![...](workshop/diagrams/...)) is in the copy, at the same relative path."""
+    out = tmp_path / "handout"
+    write_handout(out)
+    needed = set()
+    for path in sorted(DEFAULT_SOURCE.glob("[0-9][0-9]_*.ipynb")):
+        for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+            text = "".join(cell["source"])
+            if cell["cell_type"] == "code":
+                needed |= {(path.name, m) for m in re.findall(r"[\"'](results/[\w./-]+)[\"']", text)}
+            else:
+                needed |= {(path.name, m) for m in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text)}
+    assert {"results/compare_default", "results/compare_chat"} <= {m for _, m in needed}
+    assert sum(1 for _, m in needed if m.startswith("workshop/diagrams/")) >= 4
+    missing = sorted(f"{nb}: {m}" for nb, m in needed if not (out / m).exists())
+    assert not missing, f"the hand-out lacks what its notebooks read: {missing}"
 
 
 def test_solution_cells_and_run_metadata_are_removed():

@@ -1,4 +1,5 @@
-"""The static course site (peftlab.site): one command, offline pages, figures and widgets."""
+"""The static course site (peftlab.site): one command, offline pages, figures, widgets, math as
+MathML and the diagrams that markdown cells link."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import nbformat
 import pytest
 
 from peftlab import site
+from peftlab.site_math import formulas
 from peftlab.widgets.snapshot import WIDGET_VIEW, widget_state
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+MD_IMAGE = re.compile(r"!\[([^\]]+)\]\(([^)\s]+\.png)\)")     # ![alt text](path.png)
 
 
 def _images_under(mid: str, state: dict) -> int:
@@ -24,11 +27,14 @@ def _images_under(mid: str, state: dict) -> int:
 
 
 def _expected(nb_path: Path) -> tuple[int, int, int]:
-    """(image/png outputs, widget outputs with stored state, figures inside those widgets)."""
+    """(image/png outputs and images markdown links, widget outputs with stored state, figures
+    inside those widgets)."""
     nb = json.loads(nb_path.read_text())
     state = widget_state(nb)
     pngs = widgets = figures = 0
     for cell in nb["cells"]:
+        if cell["cell_type"] == "markdown":
+            pngs += len(MD_IMAGE.findall("".join(cell["source"])))
         for out in cell.get("outputs", []):
             data = out.get("data", {})
             pngs += "image/png" in data and WIDGET_VIEW not in data
@@ -61,6 +67,28 @@ def test_every_notebook_has_a_page_with_its_figures_and_widgets(built):
             f"{nb.name}: {images} images; {pngs} figures + {figures} in widgets expected"
         assert "VBox(children=" not in html and WIDGET_VIEW not in html
         assert re.search(r"<nav class=[\"']peftlab-nav", html)
+
+
+def test_math_is_mathml_and_diagrams_are_embedded(built):
+    """Every formula of a notebook is a <math> element on its page (none kept as TeX), and
+    every image its markdown links is embedded with its alt text (no broken image)."""
+    shown = set()
+    for path in site.notebook_paths(NOTEBOOKS):
+        nb = nbformat.read(path, as_version=4)
+        md = [c.source for c in nb.cells if c.cell_type == "markdown"]
+        html = (built / (path.stem + ".html")).read_text(encoding="utf-8")
+        n = sum(len(formulas(s)) for s in md)
+        assert len(re.findall(r"<math display=", html)) == n, f"{path.name}: {n} formulas"
+        assert 'class="peftlab-tex"' not in html, f"{path.name}: a formula kept as TeX"
+        assert not re.findall(r"<img[^>]+src=[\"'](?!data:)", html), f"{path.name}: broken image"
+        for alt, src in (m for s in md for m in MD_IMAGE.findall(s)):
+            assert (path.parent / src).is_file(), f"{path.name} links {src}, which is missing"
+            assert re.search(rf'<img[^>]+alt="{re.escape(alt)}"[^>]+src="data:image/png;base64,'
+                             rf'|<img[^>]+src="data:image/png;base64,[^"]+"[^>]+alt="'
+                             rf'{re.escape(alt)}"', html), f"{path.name}: {src} not embedded"
+            shown.add(Path(src).name)
+    diagrams = {p.name for p in (NOTEBOOKS / "workshop" / "diagrams").glob("*.png")}
+    assert shown == diagrams, f"diagrams in no notebook: {sorted(diagrams - shown)}"
 
 
 def test_pages_are_offline_and_linked(built):
