@@ -29,9 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from peftlab.core.errors import AdapterError
+from peftlab.inference import predict
 from peftlab.io.adapters import load_adapter
 from peftlab.lora.named import adapter_names, delete_adapter
-from peftlab.inference import predict
 from peftlab.serve.limits import (
     MAX_BODY_BYTES,
     MAX_CHARS,
@@ -89,6 +89,13 @@ class Server:
 
     def names(self) -> list[str]:
         return adapter_names(self.model)
+
+    def listing(self) -> dict:
+        """GET /v1/adapters: the adapters and the default (the first)."""
+        return {"adapters": self.names(), "default": self.names()[0]}
+
+    def check_name(self, name: str) -> None:
+        """A name an adapter may be loaded under (any, here; the chat server keeps the base's)."""
 
     # --- batching ---------------------------------------------------------------------------
     def check_ready(self) -> None:
@@ -243,40 +250,7 @@ def create_app(model, tokenizer, **options):
         server.requests.labels("predict", adapter, "200").inc()
         return {"adapter": adapter, "predictions": rows}
 
-    @app.get("/v1/adapters")
-    async def _list():
-        return {"adapters": server.names(), "default": server.names()[0]}
-
-    @app.post("/v1/adapters")
-    async def _load(request: Request):
-        try:
-            server.check_ready()
-            body = _json(await read_body(request, server.max_body_bytes, server.timeout))
-            name, path = body.get("name"), body.get("path")
-            if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
-                raise BadRequest(422, "give {'name': str, 'path': str}")
-            try:
-                await server.call(lambda: load_adapter(server.model, path, name=name))
-            except (AdapterError, OSError, ValueError) as e:
-                raise BadRequest(400, f"cannot load {path!r} as {name!r}: {e}") from None
-        except BadRequest as e:
-            return error("load", "-", e)
-        server.requests.labels("load", name, "201").inc()
-        return JSONResponse({"adapter": name, "adapters": server.names()}, status_code=201)
-
-    @app.delete("/v1/adapters/{name}")
-    async def _delete(name: str):
-        try:
-            server.check_ready()
-            if name not in server.names():
-                raise BadRequest(404, f"unknown adapter {name!r}; known: {server.names()}")
-            if name == server.names()[0]:
-                raise BadRequest(409, f"{name!r} is the base's first adapter and stays loaded")
-            await server.call(delete_adapter, server.model, name)
-        except BadRequest as e:
-            return error("delete", "-", e)
-        server.requests.labels("delete", name, "200").inc()
-        return {"deleted": name, "adapters": server.names()}
+    add_adapter_routes(app, server, error)
 
     @app.get("/healthz")
     async def _health():
@@ -295,3 +269,49 @@ def create_app(model, tokenizer, **options):
         return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=500)
 
     return app
+
+
+def add_adapter_routes(app, server, error) -> None:
+    """GET / POST / DELETE /v1/adapters: list, hot-load (or replace) and unload adapters, the
+    model work on the server's model thread (server.call). Shared by the classification app
+    and the chat app (serve/chat_app.py); `error(endpoint, adapter, BadRequest)` answers a
+    refusal in the app's own error shape."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+
+    @app.get("/v1/adapters")
+    async def _list():
+        return server.listing()
+
+    @app.post("/v1/adapters")
+    async def _load(request: Request):
+        try:
+            server.check_ready()
+            body = _json(await read_body(request, server.max_body_bytes, server.timeout))
+            name, path = body.get("name"), body.get("path")
+            if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
+                raise BadRequest(422, "give {'name': str, 'path': str}")
+            server.check_name(name)
+            try:
+                await server.call(lambda: load_adapter(server.model, path, name=name))
+            except (AdapterError, OSError, ValueError) as e:
+                raise BadRequest(400, f"cannot load {path!r} as {name!r}: {e}") from None
+        except BadRequest as e:
+            return error("load", "-", e)
+        server.requests.labels("load", name, "201").inc()
+        return JSONResponse({"adapter": name, "adapters": server.names()}, status_code=201)
+
+    @app.delete("/v1/adapters/{name}")
+    async def _delete(name: str):
+        try:
+            server.check_ready()
+            names = server.names()
+            if name not in names:
+                raise BadRequest(404, f"unknown adapter {name!r}; known: {names}")
+            if name == names[0]:
+                raise BadRequest(409, f"{name!r} is the base's first adapter and stays loaded")
+            await server.call(delete_adapter, server.model, name)
+        except BadRequest as e:
+            return error("delete", "-", e)
+        server.requests.labels("delete", name, "200").inc()
+        return {"deleted": name, "adapters": server.names()}

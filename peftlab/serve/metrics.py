@@ -8,6 +8,12 @@
     snap.latency_quantile(0.99)                       seconds, interpolated in the buckets
     window = read_metrics(url) - before               what happened between two readings
 
+    the chat server (serve/chat_metrics.py) beside them:
+    snap.chat_requests     {"sql": 40, "SmolLM2-135M-Instruct": 8}   chat answers, by model
+    snap.tokens_generated  {"sql": 1830}              snap.mean_ttft("sql")  seconds
+    snap.mean_tokens_per_second("sql")                per request, after its first token
+    snap.chat_finished     {"sql": {"stop": 38, "disconnect": 2}}
+
 Prometheus counters and histograms only grow, so a window (the traffic of the last minutes,
 the requests after a hot-load) is the difference of two readings. Histogram quantiles are
 estimated as Prometheus' histogram_quantile does: linearly inside the bucket that holds them.
@@ -94,9 +100,26 @@ class MetricsSnapshot:
     confidence: dict[str, Histogram] = field(default_factory=dict)  # top probability
     predictions: dict[str, dict[str, float]] = field(default_factory=dict)  # adapter -> label
     batch_size: Histogram = field(default_factory=Histogram)        # texts per forward pass
+    # the chat server's (all keyed by the request's model: the base's name or an adapter's)
+    chat_requests: dict[str, float] = field(default_factory=dict)     # chat answers 200
+    prompt_tokens: dict[str, float] = field(default_factory=dict)
+    tokens_generated: dict[str, float] = field(default_factory=dict)
+    ttft: dict[str, Histogram] = field(default_factory=dict)          # seconds to first token
+    tokens_per_second: dict[str, Histogram] = field(default_factory=dict)   # per request
+    chat_finished: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> reason
+    batch_rows: Histogram = field(default_factory=Histogram)          # rows per forward pass
 
     def __sub__(self, other: MetricsSnapshot) -> MetricsSnapshot:
         return MetricsSnapshot(
+            chat_requests=_sub(self.chat_requests, other.chat_requests),
+            prompt_tokens=_sub(self.prompt_tokens, other.prompt_tokens),
+            tokens_generated=_sub(self.tokens_generated, other.tokens_generated),
+            ttft={k: v - other.ttft.get(k, Histogram()) for k, v in self.ttft.items()},
+            tokens_per_second={k: v - other.tokens_per_second.get(k, Histogram())
+                               for k, v in self.tokens_per_second.items()},
+            chat_finished={k: _sub(v, other.chat_finished.get(k, {}))
+                           for k, v in self.chat_finished.items()},
+            batch_rows=self.batch_rows - other.batch_rows,
             requests=_sub(self.requests, other.requests),
             errors=_sub(self.errors, other.errors),
             latency={k: v - other.latency.get(k, Histogram()) for k, v in self.latency.items()},
@@ -153,6 +176,18 @@ class MetricsSnapshot:
         """Texts per forward pass."""
         return self.batch_size.mean()
 
+    def mean_ttft(self, model: str | None = None) -> float:
+        """Mean seconds from a chat request's arrival to its first token."""
+        return self._hist(self.ttft, model).mean()
+
+    def mean_tokens_per_second(self, model: str | None = None) -> float:
+        """Mean per-request generation speed after the first token (tokens / s)."""
+        return self._hist(self.tokens_per_second, model).mean()
+
+    def mean_rows(self) -> float:
+        """Chat rows per forward pass (above 1: requests shared steps)."""
+        return self.batch_rows.mean()
+
 
 def metrics_text(source) -> str:
     """The Prometheus text of a server: `source` is its URL (http://host:port, with or without
@@ -176,7 +211,9 @@ def parse_metrics(text: str) -> MetricsSnapshot:
     """A MetricsSnapshot from Prometheus text written by `peftlab serve`."""
     snap = MetricsSnapshot()
     hists = {"peftlab_request_latency_seconds": snap.latency,
-             "peftlab_prediction_confidence": snap.confidence}
+             "peftlab_prediction_confidence": snap.confidence,
+             "peftlab_chat_time_to_first_token_seconds": snap.ttft,
+             "peftlab_chat_tokens_per_second": snap.tokens_per_second}
     for fam in text_string_to_metric_families(text):
         if fam.name == "peftlab_requests":
             for s in fam.samples:
@@ -185,13 +222,25 @@ def parse_metrics(text: str) -> MetricsSnapshot:
                 status, adapter = s.labels["status"], s.labels["adapter"]
                 if s.labels["endpoint"] == "predict" and status == "200":
                     snap.requests[adapter] = snap.requests.get(adapter, 0) + s.value
+                elif s.labels["endpoint"] == "chat" and status == "200":
+                    snap.chat_requests[adapter] = snap.chat_requests.get(adapter, 0) + s.value
                 elif int(status) >= 400:
                     snap.errors[status] = snap.errors.get(status, 0) + s.value
         elif fam.name == "peftlab_predictions":
             for s in fam.samples:
                 if s.name.endswith("_total"):
                     snap.predictions.setdefault(s.labels["adapter"], {})[s.labels["label"]] = s.value
-        elif fam.name in hists or fam.name == "peftlab_batch_size":
+        elif fam.name in ("peftlab_chat_prompt_tokens", "peftlab_chat_tokens_generated"):
+            table = snap.prompt_tokens if fam.name.endswith("prompt_tokens") \
+                else snap.tokens_generated
+            for s in fam.samples:
+                if s.name.endswith("_total"):
+                    table[s.labels["adapter"]] = s.value
+        elif fam.name == "peftlab_chat_finished":
+            for s in fam.samples:
+                if s.name.endswith("_total"):
+                    snap.chat_finished.setdefault(s.labels["adapter"], {})[s.labels["reason"]] = s.value
+        elif fam.name in hists or fam.name in ("peftlab_batch_size", "peftlab_chat_batch_rows"):
             series: dict[str, Histogram] = {}
             for s in fam.samples:
                 key = s.labels.get("adapter", "")
@@ -205,6 +254,8 @@ def parse_metrics(text: str) -> MetricsSnapshot:
                     h.count = s.value
             if fam.name == "peftlab_batch_size":
                 snap.batch_size = series.get("", Histogram())
+            elif fam.name == "peftlab_chat_batch_rows":
+                snap.batch_rows = series.get("", Histogram())
             else:
                 hists[fam.name].update(series)
     return snap
