@@ -74,6 +74,23 @@ def test_function_without_grad_mode_and_frozen_inputs():
     torch.testing.assert_close(y, x @ w.T + 0.5 * (x @ a.T) @ b.T)
 
 
+@pytest.mark.parametrize("kind, bias", [("linear", True), ("linear", False), ("conv1d", True)])
+def test_inference_skips_the_autograd_function_with_the_same_numbers(kind, bias):
+    """Without grad (decoding) lowrank_linear runs the same matmuls outside the Function: no
+    graph node, and bit for bit the outputs the Function gives when a gradient is recorded."""
+    layer = layer_of(kind, bias)
+    layer.lora_A.weight.requires_grad_(True)
+    x = torch.randn(3, 7, 12)
+    recorded = layer(x)
+    assert fused_name(recorded) == "_LowRankLinearBackward"
+    with torch.no_grad():
+        plain = layer(x)
+    assert plain.grad_fn is None and torch.equal(plain, recorded.detach())
+    layer.lora_A.weight.requires_grad_(False)
+    frozen = layer(x)                                   # grad mode on, nothing requires grad
+    assert frozen.grad_fn is None and torch.equal(frozen, recorded.detach())
+
+
 @pytest.mark.parametrize("case", ["dropout", "autocast", "half_base", "merged", "other_adapter",
                                   "hook", "trained_weight"])
 def test_the_module_path_where_the_fused_step_does_not_apply(case):

@@ -28,17 +28,23 @@ from peftlab.core.layers import LINEAR_TYPES
 _PLAIN = tuple(t.forward for t in LINEAR_TYPES)   # the base forwards lowrank_linear reproduces
 
 
+def _forward(x, a, b, w, bias, scale: float, conv1d: bool):
+    """(y as (..., d_out), x2, h): the three matmuls of the fused forward."""
+    x2 = x.reshape(-1, x.shape[-1])                                               # (N, d_in)
+    h = x2 @ a.T                                                                  # (N, r)
+    wt = w if conv1d else w.T                                                     # (d_in, d_out)
+    y = torch.addmm(bias, x2, wt) if bias is not None else x2 @ wt                # (N, d_out)
+    y.addmm_(h, b.T, alpha=scale)                                                 # + scale h B^T
+    return y.view(*x.shape[:-1], y.shape[-1]), x2, h
+
+
 class _LowRankLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, a, b, w, bias, scale: float, conv1d: bool):
-        x2 = x.reshape(-1, x.shape[-1])                                           # (N, d_in)
-        h = x2 @ a.T                                                              # (N, r)
-        wt = w if conv1d else w.T                                                 # (d_in, d_out)
-        y = torch.addmm(bias, x2, wt) if bias is not None else x2 @ wt            # (N, d_out)
-        y.addmm_(h, b.T, alpha=scale)                                             # + scale h B^T
+        y, x2, h = _forward(x, a, b, w, bias, scale, conv1d)
         ctx.save_for_backward(x2, h, a, b, w)
         ctx.scale, ctx.conv1d = scale, conv1d
-        return y.view(*x.shape[:-1], y.shape[-1])
+        return y
 
     @staticmethod
     def backward(ctx, g):
@@ -61,7 +67,13 @@ class _LowRankLinear(torch.autograd.Function):
 def lowrank_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                    a: torch.Tensor, b: torch.Tensor, scale: float,
                    conv1d: bool = False) -> torch.Tensor:
-    """x W^T + bias + scale * (x a^T) b^T (conv1d: x W + ...) in one autograd step."""
+    """x W^T + bias + scale * (x a^T) b^T (conv1d: x W + ...) in one autograd step. With no
+    gradient to record (inference, decoding), the same three matmuls run without the autograd
+    Function's bookkeeping: the same numbers, less overhead per call."""
+    if not torch.is_grad_enabled() or not (x.requires_grad or a.requires_grad
+                                           or b.requires_grad or (bias is not None
+                                                                  and bias.requires_grad)):
+        return _forward(x, a, b, weight, bias, scale, conv1d)[0]
     return _LowRankLinear.apply(x, a, b, weight, bias, scale, conv1d)
 
 
