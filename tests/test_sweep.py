@@ -166,7 +166,7 @@ def test_a_killed_sweep_resumes_without_rerunning_a_finished_trial(tmp_path, mon
     finalists = res.summary["finalists"]
     assert head["point"] == finalists["head"][0]
     assert "test_accuracy" not in (out / "summary.csv").read_text().splitlines()[0]
-    assert "ties go to the lower mean validation loss" in res.table()
+    assert "ties to the lower mean validation loss" in res.table()
     assert set(res.summary["rows"]) == {"head", "lora", "lora_qv"}
     assert res.summary["rows"]["lora_qv"]["point"].endswith("targets=qv")
 
@@ -251,3 +251,21 @@ def test_lrs_from_a_missing_or_foreign_file_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["compare", "--lrs-from", str(tmp_path / "nope.json")])
     assert "argument --lrs-from" in capsys.readouterr().err
+
+
+def test_cli_sweep_runs_resumes_and_refuses_a_changed_grid(tmp_path, capsys):
+    """The command end to end on the embedded model (--quick, in this process): the plan and
+    estimate before the first trial, the table, the files; the same command again resumes
+    with nothing to do; another grid in the same --out stops with exit 2 naming the keys."""
+    argv = ["sweep", "--quick", "--grid", "head:lr=1e-2,2e-2", "--confirm-seeds", "1",
+            "--in-process", "--no-plot", "--no-progress", "--out", str(tmp_path / "s")]
+    assert cli.main(argv) == 0
+    cap = capsys.readouterr()
+    assert "2 screening trials" in cap.err and "estimated" in cap.err
+    assert "chosen settings" in cap.out and "head" in cap.out
+    assert cli.main(argv) == 0 and "2 trial(s) already finished" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main([*argv[:2], "--grid", "head:lr=1e-2", *argv[4:]])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "argument --out" in err and "grid.head.lr" in err
+    assert "--overwrite" in err

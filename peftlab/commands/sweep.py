@@ -103,8 +103,8 @@ def main(args, parser) -> int:
                               top_k=args.top_k, quick=args.quick)
     except sweep_grid.GridError as e:
         parser.error(f"argument --grid: {e}")
-    print(the_plan.text(), flush=True)
-    if args.dry_run:
+    if args.dry_run:                  # else sweep.run prints the plan before the first trial
+        print(the_plan.text(), flush=True)
         return 0
     out = args.out or Path("peftlab-runs") / f"sweep-{args.task}"
     try:

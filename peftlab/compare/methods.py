@@ -154,6 +154,7 @@ class Task:
     test_categories: list[str] | None = None
 
     def subset(self, n, seed):
+        """A seeded subset of n training examples (all of them for None or n >= the size)."""
         if n is None or n >= len(self.train):
             return self.train
         if hasattr(self.train, "subset"):
@@ -162,6 +163,7 @@ class Task:
         return torch.utils.data.Subset(self.train, torch.randperm(len(self.train), generator=g)[:n].tolist())
 
     def loader(self, data, batch_size, shuffle, seed):
+        """Batches of `data` as pl.train.fit reads them (tokenized for text)."""
         from peftlab.train import as_loader as _as_loader
         return _as_loader(data, self.tokenizer, batch_size, shuffle, seed, self.max_length,
                           "data")

@@ -101,6 +101,7 @@ def run_method(spec: MethodSpec, task: Task, *, seed: int = 0, device=None,
 
 
 def make_task(task: str, seed: int, quick: bool, model_fn=None) -> Task:
+    """The named task ('text' or 'vision') for one seed."""
     return (text_task if task == "text" else vision_task)(seed, quick, model_fn)
 
 

@@ -41,14 +41,16 @@ DEFAULT_GRID = {"text": {
 }, "vision": {
     "full": {"lr": [1e-3, 3e-3, 1e-2]}, "head": {"lr": [1e-2, 3e-2, 1e-1]},
     "lora": {"r": [2, 4, 8], "lr": [3e-3, 1e-2, 3e-2]},
-    "selection": {"fraction": [0.02], "lr": [3e-3, 1e-2, 3e-2]},
+    "selection": {"fraction": [0.02], "lr": [1e-2, 3e-2, 1e-1, 3e-1]},
 }}
 
-# Seconds per trial measured on 2 CPU cores (fresh process, train on the task's budget,
-# validation and test; README "Choosing settings"); a row without a number takes _other.
-TRIAL_SECONDS = {"text": {"full": 60, "head": 22, "lora": 40, "lora_qv": 33, "prefix": 34,
-                          "prompt": 46, "selection": 62, "adalora": 45, "_other": 45},
-                 "vision": {"_other": 12}}
+# Seconds per trial, measured (2026-12-07, this repository's 2-core CPU, one torch thread, a
+# lightly shared machine): each method's turn in a default `peftlab compare` (fresh process,
+# 2,400 x 1 epoch, validation, test); a sweep trial does the same less the inference timing.
+# With 2 threads on 2 quiet cores a trial takes at most this. _other: a row not measured.
+TRIAL_SECONDS = {"text": {"full": 58, "head": 22, "lora": 37, "lora_qv": 36, "prefix": 32,
+                          "prompt": 52, "selection": 63, "adalora": 45, "_other": 45},
+                 "vision": {"_other": 4}}   # vision: measured, 2.5-3.4 s a trial
 QUICK_SECONDS = 6
 
 
@@ -75,12 +77,15 @@ class Plan:
     top_k: int
 
     def text(self) -> str:
+        """The plan as printed before a sweep and by --dry-run."""
         per = {}
         for m, k in self.points:
             per.setdefault(m, []).append(k)
+        confirm = (f"{self.confirm} confirmation trials (top {self.top_k} per method at "
+                   f"{self.confirm_seeds} seeds in all)" if self.confirm_seeds > 1 else
+                   "no confirmation stage (--confirm-seeds 1)")
         lines = [f"sweep plan, {self.task} task: {self.screen} screening trials (1 seed) + "
-                 f"{self.confirm} confirmation trials (top {self.top_k} per method at "
-                 f"{self.confirm_seeds} seeds in all) = {self.screen + self.confirm} trials; "
+                 f"{confirm} = {self.screen + self.confirm} trials; "
                  f"estimated {self.seconds / 60:.0f} min on 2 CPU cores (measured seconds "
                  f"per trial, compare/sweep.py TRIAL_SECONDS)"]
         for m, knobs in self.grid.items():
@@ -118,6 +123,7 @@ def _cpu_s() -> float:
 
 
 def _train(the_task, task, method, knobs, seed, device, quick, precision) -> dict:
+    """One trial on an already built task: the trial's MethodSpec through runner.run_method."""
     start = _cpu_s()
     row = runner.run_method(sg.spec_for(task, method, knobs), the_task, seed=seed,
                             device=device, quick=quick, precision=precision, light=True)
@@ -139,6 +145,7 @@ KEEP = ("status", "note", "val_accuracy", "val_loss", "test_accuracy", "test_los
 
 
 def _record(method, knobs, seed, stage, row, seconds) -> dict:
+    """The line trials.jsonl stores for one finished trial: ids, full settings, results."""
     return {"trial": sg.trial_id(method, knobs, seed), "point": sg.point_id(method, knobs),
             "method": method, "knobs": knobs, "seed": seed, "stage": stage,
             **{k: row.get(k) for k in KEEP}, "seconds": seconds,
@@ -158,10 +165,12 @@ class Sweep:
     ran: int
 
     def table(self) -> str:
+        """The printed result (sweep_report.table)."""
         return sweep_report.table(self.summary, self.identity)
 
     @property
     def chosen(self) -> dict:
+        """{method: the setting chosen on validation, with its test accuracy}."""
         return self.summary["chosen"]
 
 
@@ -188,6 +197,7 @@ def run(grid: dict | None = None, *, task: str = "text", out: str | Path = "peft
     identity = {"task": task, "grid": the_plan.grid, "seed": seed,
                 "confirm_seeds": confirm_seeds, "top_k": top_k, "quick": quick,
                 "budget": budget, "precision": precision,
+                "defaults": {m: sg.row_settings(task, m) for m in the_plan.grid},
                 "data": env.get("PEFTLAB_DATASET", "shipped"),
                 "model": getattr(model_fn, "__qualname__", "embedded")}
     out = sweep_store.open_folder(out, identity, overwrite=overwrite)
@@ -205,6 +215,7 @@ def run(grid: dict | None = None, *, task: str = "text", out: str | Path = "peft
     t0, ran = time.perf_counter(), 0
 
     def one(method, knobs, s, stage):
+        """Run one trial unless it is finished; store it the moment it is done."""
         nonlocal pool, ran
         tid = sg.trial_id(method, knobs, s)
         if tid in done:

@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +62,7 @@ MAIN = {"lora": "r", "prefix": "virtual_tokens", "prompt": "virtual_tokens",
 
 
 def knobs_of(method: str) -> tuple[str, ...]:
+    """The knobs `method` may vary: lr, then its own (OWN)."""
     return ("lr", *OWN.get(method, ()))
 
 
@@ -208,18 +210,26 @@ def points(grid: dict, task: str = "text") -> list[tuple[str, dict]]:
     return out
 
 
+def rank_key(acc, loss) -> tuple:
+    """Sort key of a setting, best first: higher validation accuracy, then lower validation
+    loss (validation accuracy saturates at 1.0 on the shipped task)."""
+    return (-(acc if acc is not None else -math.inf), loss if loss is not None else math.inf)
+
+
 def point_id(method: str, knobs: dict) -> str:
     """'lora:alpha=2r;lr=3e-03;r=8;rslora=0;targets=all', the same for the same settings."""
     return f"{method}:" + ";".join(f"{k}={fmt(knobs[k])}" for k in sorted(knobs))
 
 
 def trial_id(method: str, knobs: dict, seed: int) -> str:
+    """A trial's id: its point's id and its seed, e.g. 'head:lr=0.02@seed=0'."""
     return f"{point_id(method, knobs)}@seed={seed}"
 
 
 # --- building a trial's method -----------------------------------------------------------------
 
 def _alpha(alpha, r: int) -> float:
+    """LoRA's alpha from the knob: 'r' -> r, '2r' -> 2r, a number as it is."""
     return {"r": float(r), "2r": 2.0 * r}.get(alpha, alpha)
 
 

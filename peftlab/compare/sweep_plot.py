@@ -14,10 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from peftlab.compare import sweep_grid as sg
-from peftlab.compare.sweep_report import rank_key
+from peftlab.compare.sweep_grid import rank_key
 
 
 def _xaxis(method: str, grid: dict) -> str:
+    """The knob a method's figure is drawn against: its main knob if swept, else lr."""
     main = sg.MAIN.get(method)
     knobs = grid.get(method, {})
     if main in knobs and len(knobs[main]) > 1:
@@ -51,19 +52,24 @@ def figure(trials: list[dict], method: str, grid: dict):
     colors = plt.get_cmap("tab10").colors
     seeds = sorted({t["seed"] for t in trials if t["method"] == method})
     for (seed, g), pts in lines(trials, method, knob, group).items():
-        style = {"all": "-", "qv": "--"}.get(g, "-")
+        style, marker = {"all": ("-", "o"), "qv": ("--", "s")}.get(g, ("-", "o"))
         label = f"seed {seed}" + (f", targets {g}" if g else "")
         xs = [p[0] for p in pts]
         for ax, i in ((ax_acc, 1), (ax_loss, 2)):
-            ax.plot(xs, [p[i] for p in pts], style, marker="o", ms=4,
+            ax.plot(xs, [p[i] for p in pts], style, marker=marker, ms=4,
                     color=colors[seeds.index(seed) % 10], label=label)
     numeric = sg.KNOBS[knob].kind in ("int", "float")
     for ax, what in ((ax_acc, "validation accuracy"), (ax_loss, "validation loss")):
         if numeric:
             ax.set_xscale("log", base=2 if sg.KNOBS[knob].kind == "int" else 10)
+            values = grid[method].get(knob) or sorted({t["knobs"][knob] for t in trials
+                                                       if t["method"] == method})
+            ax.set_xticks(values, [sg.fmt(v) for v in values])
+            ax.minorticks_off()
         ax.set_xlabel(f"{knob} ({sg.KNOBS[knob].help})", fontsize=9)
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
+    ax_loss.set_yscale("log")           # losses near 0 differ by orders of magnitude
     ax_loss.legend(fontsize=7, loc="best")
     fig.suptitle(f"peftlab sweep: {method}, best trial per {knob} value and seed "
                  f"(chosen on validation only)", fontsize=10)

@@ -17,29 +17,26 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import statistics
 from pathlib import Path
 
 from peftlab.compare import sweep_grid as sg
+from peftlab.compare.sweep_grid import rank_key
 from peftlab.compare.sweep_store import write_json
 
-CHOICE_RULE = ("chosen on validation only: highest mean validation accuracy over the seeds; "
-               "validation accuracy saturates at 1.0 on this task, so ties go to the lower mean "
-               "validation loss")
-
-
-def rank_key(acc, loss) -> tuple:
-    """Sort key, best first: higher validation accuracy, then lower validation loss."""
-    return (-(acc if acc is not None else -math.inf), loss if loss is not None else math.inf)
+CHOICE_RULE = ("chosen on validation only: highest mean validation accuracy over the seeds, "
+               "ties to the lower mean validation loss (validation accuracy saturates at 1.0 on "
+               "the shipped text task, whose validation uses the training templates)")
 
 
 def _mean(xs):
+    """The mean of the values that are not None (None if there are none)."""
     xs = [x for x in xs if x is not None]
     return statistics.fmean(xs) if xs else None
 
 
 def _std(xs):
+    """The sample standard deviation of the values that are not None (None below 2)."""
     xs = [x for x in xs if x is not None]
     return statistics.stdev(xs) if len(xs) > 1 else None
 
@@ -64,6 +61,7 @@ def by_point(trials: list[dict], seeds=None) -> dict[str, dict]:
 
 
 def ranked(points: dict, method: str) -> list[dict]:
+    """The points of `method`, best first (rank_key: validation only)."""
     return sorted((p for p in points.values() if p["method"] == method),
                   key=lambda p: rank_key(p["val_accuracy"], p["val_loss"]))
 
@@ -88,9 +86,11 @@ def choose(trials: list[dict], grid: dict, seed: int, top_k: int) -> dict[str, d
 
 
 def row_choices(trials: list[dict], grid: dict, task: str, seed: int) -> dict[str, dict]:
-    """{compare row: its lr chosen on validation}: among the screening trials that hold the
-    row's own settings (LoRA rank 8, alpha 2r, all linear for `lora`, ...) and vary lr."""
-    screen = by_point(trials, {seed})
+    """{compare row: its lr chosen on validation}: among the trials that hold the row's own
+    settings (LoRA rank 8, alpha 2r, all linear for `lora`, ...) and vary lr. The rule is
+    choose()'s: the confirmed points (several seeds) by their means where there are any,
+    else the screening seed's ranking."""
+    screen, every = by_point(trials, {seed}), by_point(trials)
     out = {}
     for row in sg.METHODS[task]:
         method, fixed = sg.row_point(task, row)
@@ -98,12 +98,14 @@ def row_choices(trials: list[dict], grid: dict, task: str, seed: int) -> dict[st
             continue
         same = [p for p in ranked(screen, method)
                 if all(p["knobs"].get(k) == v for k, v in fixed.items() if k != "lr")]
-        if same:
-            p = same[0]
+        confirmed = [every[p["point"]] for p in same if len(every[p["point"]]["seeds"]) > 1]
+        pool = sorted(confirmed, key=lambda p: rank_key(p["val_accuracy"], p["val_loss"])) \
+            if confirmed else same
+        if pool:
+            p = pool[0]
             out[row] = {"lr": p["knobs"]["lr"], "method": method, "point": p["point"],
-                        "seed": seed,
-                        "val_accuracy": p["val_accuracy"], "val_loss": p["val_loss"],
-                        "candidates": len(same)}
+                        "seeds": p["seeds"], "val_accuracy": p["val_accuracy"],
+                        "val_loss": p["val_loss"], "candidates": len(same)}
     return out
 
 
@@ -192,25 +194,28 @@ def table(doc: dict, identity: dict) -> str:
     """The printed result: per method its chosen settings, validation (and the chosen
     setting's test accuracy), the rows' rates, the knob effects and the warnings."""
     b = doc["budget"]
+    size = "all" if b["train_size"] is None else f"{b['train_size']:,}"
     lines = [f"sweep on the {doc['task']} task: {doc['trials_done']} trials done, "
              f"{doc['trials_failed']} failed, {doc['seconds'] / 60:.1f} min of trials; budget "
-             f"{b['train_size']} examples x {b['epochs']:g} epoch(s), batch {b['batch_size']}",
+             f"{size} examples x {b['epochs']:g} epoch(s), batch {b['batch_size']}",
              doc["rule"], "",
              f"{'method':<10} {'val acc':>7} {'val loss':>8} {'test acc':>8} {'± std':>6} "
              f"{'seeds':>6}  chosen settings"]
     for m, c in doc["chosen"].items():
         std = "-" if c["test_accuracy_std"] is None else f"{c['test_accuracy_std']:.3f}"
-        knobs = ", ".join(f"{k}={sg.fmt(v)}" for k, v in c["knobs"].items())
+        knobs = ", ".join(f"{k}={sg.fmt(c['knobs'][k])}" for k in sg.knobs_of(m)
+                          if k in c["knobs"])
         lines.append(f"{m:<10} {c['val_accuracy']:>7.3f} {c['val_loss']:>8.4f} "
                      f"{c['test_accuracy']:>8.3f} {std:>6} {len(c['seeds']):>6}  {knobs}")
     if doc["rows"]:
-        lines += ["", "learning rate per compare row (its own settings, screening seed):"]
+        lines += ["", "learning rate per compare row (among the trials with its own settings):"]
         lines += [f"  {r:<10} lr={sg.fmt(c['lr'])} (val acc {c['val_accuracy']:.3f}, val loss "
-                  f"{c['val_loss']:.4f}, of {c['candidates']})" for r, c in doc["rows"].items()]
+                  f"{c['val_loss']:.4f}, {len(c['seeds'])} seed(s), of {c['candidates']} lr "
+                  f"values)" for r, c in doc["rows"].items()]
     for m, effects in doc["knob_effects"].items():
         if effects:
             lines.append(f"{m}: best validation loss moves by " + "; ".join(
-                f"{e['knob']} {e['spread']:.4f}" for e in effects))
+                f"{e['knob']} {e['spread']:.2g}" for e in effects))
     return "\n".join(lines + ([""] + doc["warnings"] if doc["warnings"] else []))
 
 

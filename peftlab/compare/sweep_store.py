@@ -45,6 +45,7 @@ def differences(old: dict, new: dict) -> list[str]:
 
 
 def write_json(path: Path, doc) -> None:
+    """Write `doc` as indented JSON to `path`, atomically."""
     text = json.dumps(doc, indent=2, default=str) + "\n"
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, "utf-8"))
 
@@ -68,7 +69,8 @@ def open_folder(out: str | Path, identity: dict, *, overwrite: bool = False) -> 
         diff = differences(old, identity)
         if diff:
             raise SweepStateError(
-                f"{out} holds a different sweep; it cannot resume with: {'; '.join(diff)}. "
+                f"{out} holds a different sweep; it cannot resume with: {'; '.join(diff[:6])}"
+                f"{f' and {len(diff) - 6} more' if len(diff) > 6 else ''}. "
                 f"Rerun with the same settings to resume, choose a new --out, or pass "
                 f"--overwrite to start over (its finished trials are deleted)")
         return out
