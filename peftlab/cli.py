@@ -10,6 +10,8 @@
     peftlab compare --task vision            # the digits ResNet: full, head, LoRA, selection
     peftlab compare --data my.csv --label-column topic   # every method on your data
     peftlab compare --task chat              # base, LoRA, IA3 on the chat model (~6 min)
+    peftlab sweep --dry-run                  # choose settings on validation (commands/sweep.py)
+    peftlab compare --lrs-from runs/sweep    # compare with a sweep's chosen learning rates
     peftlab train --task chat --data chats.jsonl --out runs/c; peftlab chat --model runs/c
     peftlab --version
 
@@ -37,6 +39,7 @@ EXAMPLES = """examples:
   peftlab train --resume runs/topics         # continue an interrupted run
   peftlab compare --quick                    # every method side by side, a smoke run
   peftlab compare --data reviews.csv --label-column topic
+  peftlab sweep --dry-run                    # choose settings on validation: the plan
   peftlab train --task chat --data chats.jsonl --out runs/chat
   peftlab chat --model runs/chat             # one answer per line you type
 
@@ -69,6 +72,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         subs[name] = sub.choices[name]
     from peftlab.serve import cli as serve_cli
     subs["serve"] = serve_cli.add_parser(sub)
+    from peftlab.commands import sweep as sweep_cmd
+    subs["sweep"] = sweep_cmd.add_parser(sub)
     from peftlab.compare import TEXT_METHODS, VISION_METHODS
     from peftlab.compare.methods import defaults
     from peftlab.compare import chat as chat_compare
@@ -117,6 +122,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                      help="output folder (default: peftlab-runs/compare-YYYYmmdd-HHMMSS)")
     cmp.add_argument("--overwrite", action="store_true",
                      help="write into an --out folder that already exists")
+    cmp.add_argument("--lrs-from", default=None, metavar="PATH",
+                     help="learning rates from a sweep's chosen.json (or its folder; `peftlab "
+                          "sweep`), or spec: each method's spec.py rate (default: the task's "
+                          "committed sweep, notebooks/results/sweep_TASK, where there is one)")
     cmp.add_argument("--no-plot", action="store_true", help="skip compare.png")
     cmp.add_argument("--progress", action="store_true", help="show a progress bar per method")
     return parser, subs
@@ -185,8 +194,14 @@ def _compare(args, cmp) -> int:
                                   data=args.data,
                                   log=lambda s: print(s, file=sys.stderr, flush=True))
         return _report(args, report, out)
+    if args.lrs_from not in (None, "spec"):
+        try:
+            compare.sweep_report.chosen_lrs(args.lrs_from, args.task, [])
+        except ValueError as e:
+            cmp.error(f"argument --lrs-from: {e}")
     report = compare.run(args.methods, task=args.task, seed=args.seed, seeds=args.seeds,
                          device=args.device, isolate=not args.in_process,
+                         lrs_from=args.lrs_from,
                          precision=args.precision,
                          epochs=args.epochs, quick=args.quick, progress=args.progress,
                          log=lambda s: print(s, file=sys.stderr, flush=True))
@@ -233,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
             return use.predict(args, subs["predict"])
         if args.command == "chat":
             return use.chat(args, subs["chat"])
+        if args.command == "sweep":
+            from peftlab.commands import sweep as sweep_cmd
+            return sweep_cmd.main(args, subs["sweep"])
         if args.command == "serve":
             from peftlab.serve import cli as serve_cli
             return serve_cli.main(args, subs["serve"])

@@ -75,7 +75,8 @@ def test_the_rows_on_request_run_and_are_measured(quick_report):
     and is measured like the rest."""
     assert compare.runner.selected(None, "text") == compare.methods.defaults("text")
     assert compare.runner.selected(["all"], "text") == compare.available("text")
-    assert set(compare.available("text")) - set(compare.methods.defaults("text")) == set(EXTRA)
+    assert set(compare.available("text")) - set(compare.methods.defaults("text")) == \
+        {*EXTRA, "prefix_2ep"}            # prefix_2ep: the labelled "prefix, 2 epochs" row
     rep = compare.run(["lora", *EXTRA], quick=True, seed=0, model_fn=tiny_text_model,
                       device="cpu", isolate=False, interleave=False)
     rows = {r["method"]: r for r in rep.rows}
@@ -264,10 +265,9 @@ def test_missing_and_failing_methods_are_reported_not_faked(monkeypatch):
     def broken(model, ctx):
         raise RuntimeError("boom")
     specs = dict(compare.TEXT_METHODS)
-    specs["lora"] = compare.MethodSpec("lora", "peftlab.no_such_module", "-",
-                                       compare.TrainBudget(64, 1, 1e-3), broken)
-    specs["head"] = compare.MethodSpec("head", "peftlab.full", "-",
-                                       compare.TrainBudget(64, 1, 1e-3), broken)
+    budget = compare.TrainBudget(**compare.methods.budget_of("text"), lr=1e-3)   # the task's
+    specs["lora"] = compare.MethodSpec("lora", "peftlab.no_such_module", "-", budget, broken)
+    specs["head"] = compare.MethodSpec("head", "peftlab.full", "-", budget, broken)
     monkeypatch.setitem(compare.METHODS, "text", specs)
     rep = compare.run(["head", "lora"], quick=True, model_fn=tiny_text_model, isolate=False)
     head, lora = rep.rows

@@ -388,7 +388,8 @@ def test_the_derived_tables_match_the_registry():
     assert pl.compare.methods.defaults("text") == ["full", "head", "lora", "lora_qv", "prefix",
                                                    "prompt", "selection", "adalora"]
     assert list(pl.compare.TEXT_METHODS) == ["full", "head", "lora", "lora_qv", "dora", "vera",
-                                             "qlora", "prefix", "prompt", "bottleneck",
+                                             "qlora", "prefix", "prefix_2ep", "prompt",
+                                             "bottleneck",
                                              "bottleneck_parallel", "selection", "adalora", "ia3"]
     with pytest.raises(ValueError, match="Unknown peftlab method 'nope'.*known: full"):
         registry.spec("nope")

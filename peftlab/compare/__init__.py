@@ -21,9 +21,15 @@ are taken against full fine-tuning measured in the same run (times on a shared m
 noisy, ratios less so). Validation uses the training words and templates (in distribution);
 the test split uses held-out words and templates, so test accuracy measures what was learned,
 not what was memorised.
+
+Every row trains on the task's one data budget (methods.DATA, stated once in the report's
+settings as `budget`); a row that needs more steps is a second, labelled row (prefix_2ep,
+"prefix, 2 epochs"), never a silently larger budget. `pl.compare.sweep.run` (`peftlab sweep`)
+chooses learning rates and each method's knobs on validation; `run(..., lrs_from=...)` reads
+its chosen.json, and the report records which sweep chose them.
 """
 
-from peftlab.compare import report, runner
+from peftlab.compare import report, runner, sweep, sweep_report
 from peftlab.compare.methods import (
     METHODS,
     TASKS,
@@ -54,6 +60,8 @@ __all__ = [
     "run",
     "run_method",
     "runner",
+    "sweep",
+    "sweep_report",
     "text_task",
     "vision_task",
 ]

@@ -135,9 +135,23 @@ class Report:
                   f"state: {STATE_KIND}",
                   f"peak: measured, {kind}",
                   "setup: one-off work before training (selection: Fisher scoring)"]
-        lines += self.timing_lines()
+        lines += self.budget_lines() + self.timing_lines()
         cats = self.category_table()
         return "\n".join(lines) + ("\n\n" + cats if cats else "")
+
+    def budget_lines(self) -> list[str]:
+        """The one data budget of the run, stated once, the labelled rows that differ, and
+        where the learning rates came from (empty for a report older than issue 31)."""
+        st, b = self.settings, self.settings.get("budget")
+        if not b:
+            return []
+        size = "all" if b["train_size"] is None else f"{b['train_size']:,}"
+        src = st.get("lr_source") or "-"
+        return [f"data budget: every method {size} training examples, {b['epochs']:g} epoch(s), "
+                f"batch {b['batch_size']}" + "".join(
+                    f"; {m}: {label}" for m, label in (st.get("labelled") or {}).items()),
+                f"lr: chosen on validation by the sweep {src['sweep']} ({', '.join(src['rows'])});"
+                f" the others from their spec.py" if isinstance(src, dict) else f"lr: {src}"]
 
     def timing_lines(self) -> list[str]:
         """How the step times were taken, the precision, and a warning when the machine was
@@ -251,12 +265,13 @@ class Report:
 
 # --- the chat task's report (compare/chat.py) ----------------------------------------------
 
-CHAT_COLUMNS = ["method", "status", "seeds", "trainable", "total", "trainable_pct", "exact_match",
-           "exact_match_std", "retention", "retention_std", "field_accuracy", "held_out_loss",
-           "step_time_s", "step_time_ratio", "step_time_spread", "train_step_time_s",
-           "train_time_s", "setup_s", "training_state_bytes", "adapter_bytes", "generate_s",
-           "steps", "train_size", "epochs", "batch_size", "lr", "final_train_loss",
-           "exact_match_runs", "retention_runs", "device", "precision", "description", "note"]
+CHAT_COLUMNS = [
+    "method", "status", "seeds", "trainable", "total", "trainable_pct", "exact_match",
+    "exact_match_std", "retention", "retention_std", "field_accuracy", "held_out_loss",
+    "step_time_s", "step_time_ratio", "step_time_spread", "train_step_time_s", "train_time_s",
+    "setup_s", "training_state_bytes", "adapter_bytes", "generate_s", "steps", "train_size",
+    "epochs", "batch_size", "lr", "final_train_loss", "exact_match_runs", "retention_runs",
+    "device", "precision", "description", "note"]
 
 
 class ChatReport(Report):

@@ -27,8 +27,8 @@ from peftlab.compare.evaluation import (  # noqa: F401  (predict: re-exported)
     predict,
     predict_by_length,
 )
-from peftlab.compare.methods import (METHODS, TASKS, MethodSpec, Task, defaults, text_task,
-                                     vision_task)
+from peftlab.compare.methods import (METHODS, TASKS, MethodSpec, Task, budget_of,
+                                     check_budgets, defaults, text_task, vision_task)
 from peftlab.compare.report import Report, _ratios
 from peftlab.compare.seeds import aggregate, check_run, failed_row
 from peftlab.compare.timing import interleaved_step_times
@@ -38,8 +38,9 @@ from peftlab.core.state import get_method
 
 def run_method(spec: MethodSpec, task: Task, *, seed: int = 0, device=None,
                epochs: float | None = None, quick: bool = False, progress: bool = False,
-               precision: str = "fp32") -> dict:
-    """Train and measure one method on a fresh copy of the task's base model; one report row."""
+               precision: str = "fp32", light: bool = False) -> dict:
+    """Train and measure one method on a fresh copy of the task's base model; one report row.
+    light: skip the inference timings and the adapter size (a sweep's trials need neither)."""
     from peftlab import train as tr
     from peftlab.runtime import get_device
     row = {"method": spec.name, "status": "ok", "description": spec.description, "note": ""}
@@ -75,7 +76,8 @@ def run_method(spec: MethodSpec, task: Task, *, seed: int = 0, device=None,
     preds, labels, test_loss = predict_by_length(model, task, task.test, seed)
     batch = tr.to_device(next(iter(test_loader)), next(model.parameters()).device)
     inputs, _ = tr.split_batch(batch)
-    infer = measure.inference_times(model, inputs, repeats=1 if quick else 2)
+    infer = ({"unmerged": None, "merged": None} if light else
+             measure.inference_times(model, inputs, repeats=1 if quick else 2))
     mem = result.memory
     return {**row,
             "trainable": result.trainable, "total": result.total,
@@ -89,16 +91,17 @@ def run_method(spec: MethodSpec, task: Task, *, seed: int = 0, device=None,
             "optimizer_bytes": mem["optimizer"], "activations_bytes": mem["activations"],
             "measured_peak_bytes": meter.peak, "measured_kind": meter.kind,
             "final_train_loss": result.history[-1]["loss"],
-            "val_accuracy": result.final.get("accuracy"),
+            "val_accuracy": result.final.get("accuracy"), "val_loss": result.final.get("loss"),
             "test_accuracy": sum(p == y for p, y in zip(preds, labels)) / len(labels),
             "test_loss": test_loss,
             "categories": by_category(preds, labels, task.test_categories),
-            "adapter_bytes": measure.adapter_size(model),
+            "adapter_bytes": None if light else measure.adapter_size(model),
             "infer_s": infer["unmerged"], "infer_merged_s": infer["merged"],
             "device": result.device, "precision": result.precision}
 
 
 def make_task(task: str, seed: int, quick: bool, model_fn=None) -> Task:
+    """The named task ('text' or 'vision') for one seed."""
     return (text_task if task == "text" else vision_task)(seed, quick, model_fn)
 
 
@@ -107,20 +110,30 @@ def _peftlab_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("PEFTLAB_")}
 
 
-def _run_isolated(task: str, method: str, seed: int, device, epochs, quick, progress,
-                  model_fn, threads: int, env: dict[str, str] | None = None,
-                  precision: str = "fp32") -> dict:
-    """What a fresh worker process does: build the task, run one method, return its row.
-    env: the caller's $PEFTLAB_* variables now, which replace the worker's: the fork server
-    keeps the environment it was started with, which may be an earlier run's."""
+def worker_begin(seed: int, threads: int, env: dict[str, str] | None) -> None:
+    """What every fresh worker process does first (compare's and the sweep's): take the
+    caller's $PEFTLAB_* variables (the fork server keeps the environment it was started with,
+    which may be an earlier run's), its thread count, and seed everything."""
     from peftlab.runtime import seed_everything
     for k in [k for k in os.environ if k.startswith("PEFTLAB_")]:
         del os.environ[k]
     os.environ.update(env or {})
     torch.set_num_threads(threads)
     seed_everything(seed)
+
+
+def _run_isolated(task: str, method: str, seed: int, device, epochs, quick, progress,
+                  model_fn, threads: int, env: dict[str, str] | None = None,
+                  precision: str = "fp32", lr: float | None = None) -> dict:
+    """What a fresh worker process does: build the task, run one method, return its row.
+    env: the caller's $PEFTLAB_* variables now (worker_begin). lr: the learning rate when it
+    is not the row's own (chosen by a sweep)."""
+    worker_begin(seed, threads, env)
     the_task = make_task(task, seed, quick, model_fn)
-    return run_method(METHODS[task][method], the_task, seed=seed, device=device, epochs=epochs,
+    spec = METHODS[task][method]
+    if lr is not None:
+        spec = replace(spec, budget=replace(spec.budget, lr=lr))
+    return run_method(spec, the_task, seed=seed, device=device, epochs=epochs,
                       quick=quick, progress=progress, precision=precision)
 
 
@@ -133,15 +146,16 @@ def preload() -> list[str]:
             "transformers.models.bert.modeling_bert"]
 
 
-def _process_pool():
+def process_pool(extra_preload: tuple[str, ...] = ()):
     """A pool whose every task runs in a fresh process (forkserver: forked from a server that
-    only imported peftlab; spawn where there is no fork). As with any multiprocessing, a
-    script that calls run() must do so under `if __name__ == "__main__":`."""
+    only imported peftlab, preload() and `extra_preload`; spawn where there is no fork). As
+    with any multiprocessing, a script that calls run() must do so under
+    `if __name__ == "__main__":`."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(preload())
+        ctx.set_forkserver_preload([*preload(), *extra_preload])
     else:
         ctx = mp.get_context("spawn")
     return ProcessPoolExecutor(max_workers=1, mp_context=ctx, max_tasks_per_child=1)
@@ -160,7 +174,8 @@ def selected(methods: list[str] | None, task: str) -> list[str]:
 def run(methods: list[str] | None = None, *, task: str = "text", seed: int = 0, seeds: int = 1,
         device=None, epochs: float | None = None, quick: bool = False, progress: bool = False,
         log: Callable[[str], None] | None = None, model_fn=None,
-        isolate: bool = True, precision: str = "fp32", interleave: bool = True) -> Report:
+        isolate: bool = True, precision: str = "fp32", interleave: bool = True,
+        lrs_from=None) -> Report:
     """Run `methods` (default: the task's default rows, methods.defaults; ["all"]: every row)
     with `seeds` seeds (seed, seed + 1, ...) each
     and return the Report (one row per method: means, and standard deviations over seeds).
@@ -175,6 +190,10 @@ def run(methods: list[str] | None = None, *, task: str = "text", seed: int = 0, 
     offers. interleave: after training, time every method's step round robin in this process
     (compare/timing.py), so background load hits all methods alike; the step-time columns
     then come from there (the times measured during training stay in train_step_time_s).
+    lrs_from: where the rows' learning rates come from: None: the task's committed sweep
+    (notebooks/results/sweep_<task>/chosen.json) where there is one, else each method's
+    spec.py; "spec": the spec.py rates; a path: that sweep's chosen.json (`peftlab sweep`).
+    The report's settings say which (lr_source).
     """
     if task == "chat":                 # generation and retention: its own runner (compare/chat.py)
         from peftlab.compare import chat
@@ -190,6 +209,11 @@ def run(methods: list[str] | None = None, *, task: str = "text", seed: int = 0, 
         raise ValueError(f"Unknown method(s) {', '.join(unknown)} for task {task!r}; known: "
                          f"{', '.join(specs)}.")
     check_run(epochs, seeds)
+    check_budgets(task, specs)
+    from peftlab.compare.sweep_report import chosen_lrs
+    lrs, lr_source = chosen_lrs(lrs_from, task, methods)
+    specs = {m: replace(s, budget=replace(s.budget, lr=lrs[m])) if m in lrs else s
+             for m, s in specs.items()}
     from peftlab.runtime import get_device, seed_everything
     from peftlab.train.precision import cpu_bf16_support, resolve_precision
     dev = get_device(device)
@@ -197,7 +221,7 @@ def run(methods: list[str] | None = None, *, task: str = "text", seed: int = 0, 
     seed_list = [seed + i for i in range(seeds)]
     t0 = time.perf_counter()
     tasks: dict[int, Task] = {}
-    pool = _process_pool() if isolate else None
+    pool = process_pool() if isolate else None
     rows = []
     try:
         for name in methods:
@@ -210,7 +234,7 @@ def run(methods: list[str] | None = None, *, task: str = "text", seed: int = 0, 
                         runs.append(pool.submit(_run_isolated, task, name, s, str(dev), epochs,
                                                 quick, progress, model_fn,
                                                 measure.threads(), _peftlab_env(),
-                                                precision).result())
+                                                precision, lrs.get(name)).result())
                     else:
                         if s not in tasks:
                             seed_everything(s)
@@ -222,7 +246,7 @@ def run(methods: list[str] | None = None, *, task: str = "text", seed: int = 0, 
                     runs.append(failed_row(name, specs[name], e))
                     if pool is not None and type(e).__name__ == "BrokenProcessPool":
                         pool.shutdown()          # the worker died (e.g. killed for memory)
-                        pool = _process_pool()
+                        pool = process_pool()
                 if log and runs[-1]["status"] == "ok":
                     log(f"          test accuracy {runs[-1]['test_accuracy']:.3f}, "
                         f"{runs[-1]['steps']} steps, {runs[-1]['train_time_s']:.1f}s")
@@ -268,5 +292,8 @@ def run(methods: list[str] | None = None, *, task: str = "text", seed: int = 0, 
                 "torch": torch.__version__, "python": sys.version.split()[0],
                 "wall_s": time.perf_counter() - t0,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "budget": budget_of(task), "lr_source": lr_source,
+                "lrs": {m: specs[m].budget.lr for m in methods},
+                "labelled": {m: specs[m].label for m in methods if specs[m].label},
                 "budgets": {m: asdict(specs[m].budget) for m in methods}}
     return Report(task, rows, settings)
