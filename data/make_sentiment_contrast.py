@@ -13,10 +13,20 @@ blur that structure (a linear probe on them does poorly), while fine-tuning the 
 learns it. That gap is what the course needs to show what each PEFT method buys.
 
 Splits:
-  train / validation  share the train vocabulary and the train templates (different draws);
-  test                uses HELD-OUT nouns and adjectives, and held-out templates
-                      (paraphrases of the training constructions), so memorising surface
-                      forms does not pass.
+  train       the train vocabulary and the 12 train templates;
+  validation  built like the test split but disjoint from it and from train: its own held-out
+              nouns and adjectives, half on the train templates and half on 4 held-out
+              templates of its own (issue 31). So choosing settings on validation measures the
+              same kind of generalisation the test split measures, without touching test;
+  test        HELD-OUT nouns and adjectives, half on the train templates and half on 4
+              held-out templates (paraphrases of the training constructions), so memorising
+              surface forms does not pass.
+
+Until issue 31 the validation split shared the train vocabulary and templates. Every setting
+that fitted training scored 1.0 on it, so it could not choose between settings. The train and
+test files are byte for byte what they were: the old validation draw is still made (and thrown
+away) so the random stream that draws test is unchanged, and the new validation split is drawn
+from its own seed, VALIDATION_SEED.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ import random
 from pathlib import Path
 
 SEED = 20261128
+VALIDATION_SEED = 20261207
 OUT = Path(__file__).resolve().parent / "sentiment_contrast"
 
 # --- vocabulary: (train, held-out test) --------------------------------------------------
@@ -50,6 +61,13 @@ NOUN_TRAIN = [
 ]
 NOUN_TEST = ["stadium", "sandwich", "documentary", "guide", "festival", "novel", "bakery",
              "train ride", "tour", "seminar"]
+# validation's own held-out words: in neither train nor test
+POS_ADJ_VAL = ["exceptional", "glorious", "remarkable", "sublime", "phenomenal", "exquisite",
+               "dazzling", "heavenly"]
+NEG_ADJ_VAL = ["horrendous", "dreary", "wretched", "subpar", "frustrating", "unbearable",
+               "awkward", "gloomy"]
+NOUN_VAL = ["restaurant", "podcast", "theater", "lesson", "hostel", "cafe", "exhibition",
+            "workshop", "ferry", "playlist"]
 
 # --- templates: (text pattern, how the label follows from the adjectives, construction) ---
 # {n}, {m}: nouns; {a}: the adjective that decides; {b}: a distractor of the OTHER polarity.
@@ -79,6 +97,14 @@ TEST_TEMPLATES = TRAIN_TEMPLATES + [
     ("despite a {b} {m}, the {n} was {a}.", "same", "contrast"),
 ]
 HELD_OUT_TEMPLATES = TEST_TEMPLATES[len(TRAIN_TEMPLATES):]
+# validation's own held-out templates: other paraphrases of the same constructions, none of
+# them a test template
+VALIDATION_HELD_OUT_TEMPLATES = [
+    ("the {n} was hardly {a}.", "flip", "negation"),
+    ("nobody would say the {n} was {a}.", "flip", "negation"),
+    ("the {n} looked {b}, but it proved {a}.", "same", "expectation reversal"),
+    ("the {m} was {b}; even so, the {n} was {a}.", "same", "contrast"),
+]
 
 SIZES = {"train": 2400, "validation": 400, "test": 800}
 
@@ -100,12 +126,17 @@ HELD_OUT = " (held-out template)"
 CATEGORIES = ["plain", "negation", "contrast", "expectation reversal"]
 
 
-def make_split(name: str, rng: random.Random, exclude: set[str] = frozenset()
-               ) -> list[tuple[str, int, str]]:
+def make_split(name: str, rng: random.Random, exclude: set[str] = frozenset(),
+               old_validation: bool = False) -> list[tuple[str, int, str]]:
+    """old_validation: the pre-issue-31 validation draw (train words and templates), made only
+    to advance `rng` exactly as before so that the test draw after it is unchanged."""
     if name == "test":
         pos, neg, nouns = POS_ADJ_TEST, NEG_ADJ_TEST, NOUN_TEST
         # half of the test set on held-out templates, half on the training templates
         templates = [HELD_OUT_TEMPLATES, TRAIN_TEMPLATES]
+    elif name == "validation" and not old_validation:
+        pos, neg, nouns = POS_ADJ_VAL, NEG_ADJ_VAL, NOUN_VAL
+        templates = [VALIDATION_HELD_OUT_TEMPLATES, TRAIN_TEMPLATES]
     else:
         pos, neg, nouns = POS_ADJ_TRAIN, NEG_ADJ_TRAIN, NOUN_TRAIN
         templates = [TRAIN_TEMPLATES]
@@ -118,7 +149,7 @@ def make_split(name: str, rng: random.Random, exclude: set[str] = frozenset()
         if text in seen or text in exclude:
             continue
         seen.add(text)
-        held_out = group is HELD_OUT_TEMPLATES
+        held_out = group is not TRAIN_TEMPLATES
         rows.append((text, label, construction + (HELD_OUT if held_out else "")))
     return rows
 
@@ -127,8 +158,10 @@ def main() -> None:
     rng = random.Random(SEED)
     OUT.mkdir(parents=True, exist_ok=True)
     splits = {"train": make_split("train", rng)}
-    splits["validation"] = make_split("validation", rng, {t for t, _, _ in splits["train"]})
+    make_split("validation", rng, {t for t, _, _ in splits["train"]}, old_validation=True)
     splits["test"] = make_split("test", rng)
+    splits["validation"] = make_split("validation", random.Random(VALIDATION_SEED))
+    splits = {k: splits[k] for k in ("train", "validation", "test")}
     for name, rows in splits.items():
         with open(OUT / f"{name}.csv", "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f, lineterminator="\n")

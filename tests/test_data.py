@@ -39,6 +39,39 @@ def test_splits_do_not_overlap_and_test_vocabulary_is_held_out():
     assert all(any(w in t.lower() for w in held) for t in ds.test.texts)
 
 
+def _words(texts):
+    import re
+    return {w for t in texts for w in re.findall(r"[a-z]+", t.lower())}
+
+
+def test_validation_is_held_out_like_test_and_disjoint_from_it():
+    """Issue 31: validation measures what test measures (held-out words, half on held-out
+    templates) with words and templates of its own, so a sweep can choose on it without
+    touching test, and a setting that only fits the training templates does not score 1.0."""
+    sys.path.insert(0, str(ROOT / "data"))
+    import make_sentiment_contrast as gen
+    val_words = set(gen.POS_ADJ_VAL + gen.NEG_ADJ_VAL) | _words(gen.NOUN_VAL)
+    test_words = set(gen.POS_ADJ_TEST + gen.NEG_ADJ_TEST) | _words(gen.NOUN_TEST)
+    train_words = set(gen.POS_ADJ_TRAIN + gen.NEG_ADJ_TRAIN) | _words(gen.NOUN_TRAIN)
+    assert not val_words & test_words and not val_words & train_words
+    ds = load_dataset()
+    assert not _words(ds.validation.texts) & (test_words - train_words)   # no test word
+    assert not _words(ds.test.texts) & (val_words - train_words)          # and the reverse
+    assert all(_words([t]) & set(gen.POS_ADJ_VAL + gen.NEG_ADJ_VAL) for t in ds.validation.texts)
+    val_t = {t for t, _, _ in gen.VALIDATION_HELD_OUT_TEMPLATES}
+    test_t = {t for t, _, _ in gen.HELD_OUT_TEMPLATES}
+    train_t = {t for t, _, _ in gen.TRAIN_TEMPLATES}
+    assert not val_t & test_t and not val_t & train_t
+    rows = _split_rows("validation")[1:]
+    assert sum(r[2].endswith(gen.HELD_OUT) for r in rows) == len(rows) // 2
+    for text, _, cat in rows:
+        t = text.lower()
+        if t.startswith(("nobody would say", "honestly,", "i would not call")):
+            assert t.startswith("nobody") and cat == "negation" + gen.HELD_OUT
+        if " looked " in t:
+            assert cat == "expectation reversal" + gen.HELD_OUT
+
+
 def test_short_sentences(embedded):
     _, tok = embedded
     ds = load_dataset()
@@ -55,11 +88,12 @@ def test_generator_is_deterministic(tmp_path):
     assert before == after
 
 
-# sha256 of each split's file as it was before the `category` column was added (issue 14):
-# the sentences, labels and splits must stay exactly these, only the column is new.
+# sha256 of each split's text,label content: train and test as they were before the `category`
+# column was added (issue 14), unchanged since; validation as redrawn with held-out words and
+# templates of its own (issue 31; before it: adb5a1f92dc8...).
 TEXT_LABEL_SHA256 = {
     "train": "990a76b9af86ee0a0fbe2ee4536bf3304cf08b0fb2e39fa075cb99f3f6abeda7",
-    "validation": "adb5a1f92dc839134bde816ad398182e2e5bba86d754062e729d4d981b56b563",
+    "validation": "8708446694259d4e3a367a63ce3b3c581fc5971c9a2d999a4674ce157ae29c3d",
     "test": "16bb579071413b81bc825f27cceb06f4f019cfef79bb824162b871fea0afc8da",
 }
 
@@ -88,8 +122,9 @@ def test_categories_follow_the_templates():
     import make_sentiment_contrast as gen
     held = gen.HELD_OUT
     kinds = {split: {r[2] for r in _split_rows(split)[1:]} for split in TEXT_LABEL_SHA256}
-    assert kinds["train"] == kinds["validation"] == set(gen.CATEGORIES)     # no held-out there
-    assert kinds["test"] == set(gen.CATEGORIES) | {c + held for c in gen.CATEGORIES[1:]}
+    assert kinds["train"] == set(gen.CATEGORIES)                            # no held-out there
+    assert kinds["test"] == kinds["validation"] == \
+        set(gen.CATEGORIES) | {c + held for c in gen.CATEGORIES[1:]}
     rows = _split_rows("test")[1:]
     assert sum(r[2].endswith(held) for r in rows) == len(rows) // 2  # half on held-out templates
     for text, _, cat in rows:                  # spot checks of the construction
