@@ -30,13 +30,15 @@ from peftlab.compare.methods import budget_of
 # AdamW the scale alpha / r acts like a learning-rate multiplier, so alpha and rslora already
 # move the step size), and a learning-rate axis for every other method.
 DEFAULT_GRID = {"text": {
-    # full and head were widened after a first screening chose their top rate (2e-4, 5e-2)
-    "full": {"lr": [5e-5, 1e-4, 2e-4, 5e-4]},
+    # full, head, prefix and prompt were widened where a first run chose an edge of the grid
+    # (full twice: 2e-4, then 5e-4; prompt at both ends); prompt tuning's paper trains at 0.3
+    # (Lester et al., 2021)
+    "full": {"lr": [5e-5, 1e-4, 2e-4, 5e-4, 1e-3]},
     "head": {"lr": [1e-2, 2e-2, 5e-2, 1e-1, 2e-1]},
     "lora": {"r": [1, 2, 4, 8, 16, 32], "alpha": ["r", "2r", 16], "rslora": [0, 1],
              "targets": ["qv", "all"], "lr": [3e-3]},
-    "prefix": {"virtual_tokens": [10], "lr": [1e-2, 3e-2, 1e-1]},
-    "prompt": {"virtual_tokens": [10], "lr": [1e-2, 3e-2, 1e-1]},
+    "prefix": {"virtual_tokens": [10], "lr": [1e-2, 3e-2, 1e-1, 3e-1]},
+    "prompt": {"virtual_tokens": [10], "lr": [3e-3, 1e-2, 3e-2, 1e-1, 3e-1]},
     "selection": {"fraction": [0.005], "lr": [1e-3, 2e-3, 5e-3]},
     "adalora": {"target_r": [8], "lr": [3e-3, 1e-2, 3e-2]},
 }, "vision": {

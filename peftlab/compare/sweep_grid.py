@@ -212,7 +212,7 @@ def points(grid: dict, task: str = "text") -> list[tuple[str, dict]]:
 
 def rank_key(acc, loss) -> tuple:
     """Sort key of a setting, best first: higher validation accuracy, then lower validation
-    loss (validation accuracy saturates at 1.0 on the shipped task)."""
+    loss (the tie-break where accuracies are equal)."""
     return (-(acc if acc is not None else -math.inf), loss if loss is not None else math.inf)
 
 

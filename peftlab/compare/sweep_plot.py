@@ -4,9 +4,9 @@
                       per seed and placement (solid: all linear layers, dashed: query/value)
 
 Each point is the best trial at that knob value for that seed (the best over every other knob,
-by validation accuracy then loss), so a line shows what the knob can reach. Validation
-accuracy saturates at 1.0 on the shipped task, so the loss panel is the one that separates
-settings. A method swept on lr alone is drawn against lr. Only reads the trials.
+by validation accuracy then loss), so a line shows what the knob can reach. The loss panel
+separates settings whose accuracies tie. A method swept on lr alone is drawn against lr. Only
+reads the trials.
 """
 
 from __future__ import annotations
