@@ -190,7 +190,8 @@ def test_workshop_kit():
     trouble = (kit / "TROUBLESHOOTING.md").read_text(encoding="utf-8")
     for topic in ("VS Code", "Classic Notebook", "thread", "wheelhouse", "saveState"):
         assert topic in trouble, topic
-    for png in ("lora.png", "prefix_prompt.png", "adalora_triplets.png", "qlora.png"):
+    for png in ("lora.png", "prefix_prompt.png", "adalora_triplets.png", "qlora.png",
+                "adapters_ia3.png"):
         assert (kit / "diagrams" / png).read_bytes()[:4] == b"\x89PNG", png
 
 
