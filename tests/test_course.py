@@ -15,11 +15,11 @@ EXPECTED = [
     "00_setup", "01_full_finetuning", "02_lora", "03_prefix_and_prompt_tuning",
     "04_gradient_based_selection", "05_adaptive_budget_adalora", "06_comparison", "07_vision",
     "08_bring_your_own_model", "09_deploy_and_monitor", "10_chat_finetuning", "11_qlora",
-    "12_peft_family",
+    "12_peft_family", "13_choosing_settings",
 ]
 METHOD_NOTEBOOKS = ["01_full_finetuning", "02_lora", "03_prefix_and_prompt_tuning",
                     "04_gradient_based_selection", "05_adaptive_budget_adalora", "07_vision",
-                    "10_chat_finetuning", "11_qlora", "12_peft_family"]
+                    "10_chat_finetuning", "11_qlora", "12_peft_family", "13_choosing_settings"]
 
 
 def notebooks() -> list[Path]:
@@ -122,7 +122,8 @@ def test_course_map_lists_every_notebook_and_readme_links_it():
 
 MINE = ["02_lora", "03_prefix_and_prompt_tuning", "04_gradient_based_selection",
         "05_adaptive_budget_adalora", "07_vision", "08_bring_your_own_model",
-        "09_deploy_and_monitor", "10_chat_finetuning", "11_qlora", "12_peft_family"]
+        "09_deploy_and_monitor", "10_chat_finetuning", "11_qlora", "12_peft_family",
+        "13_choosing_settings"]
 WIDGET_WORDS = ("widget", "Explorer", "Viewer", "Inspector")
 
 
@@ -143,7 +144,7 @@ def test_every_exercise_has_a_written_answer(name):
 @pytest.mark.parametrize("name", ["02_lora", "03_prefix_and_prompt_tuning",
                                   "04_gradient_based_selection", "05_adaptive_budget_adalora",
                                   "07_vision", "10_chat_finetuning", "11_qlora",
-                                  "12_peft_family"])
+                                  "12_peft_family", "13_choosing_settings"])
 def test_method_notebooks_have_an_exercise_that_needs_its_widget(name):
     items = re.split(r"^\d+\.", _exercises(name), flags=re.M)[1:]
     assert any(any(w in item for w in WIDGET_WORDS) for item in items), name
