@@ -142,6 +142,71 @@ def test_intrinsic_rank_is_a_hypothesis_and_not_aghajanyans_dimension():
     assert "not the rank of a matrix" in glossary and "their hypothesis" in glossary
 
 
+# -- issue 31 in notebooks 01, 02, 04, 05: the redrawn validation split, the matched budget -----
+
+MINE_31 = ["01_full_finetuning", "02_lora", "04_gradient_based_selection", "05_adaptive_budget_adalora"]
+STALE_VALIDATION = ("in-distribution", "shares the training", "reuses the training", "uses the training words",
+                    "saturates", "fits the training distribution", "from the training distribution",
+                    "budgets (steps, learning rates) differ")
+
+
+@pytest.mark.parametrize("name", MINE_31)
+def test_no_prose_says_validation_shares_the_training_words(name):
+    """Validation has held-out words and templates of its own (data/README.md, issue 31)."""
+    for where in (markdown(name), read(SOL / f"{name}.md")):
+        low = " ".join(where.lower().split())
+        for stale in STALE_VALIDATION:
+            assert stale not in low, (name, stale)
+
+
+def test_self_check_04_on_validation_is_current():
+    question = read(NB_DIR / "SELF_CHECK.md").split("## 04", 1)[1].split("## 05", 1)[0]
+    answer = read(SOL / "self_check_answers.md").split("## 04", 1)[1].split("## 05", 1)[0]
+    assert "validation accuracy is well above its test accuracy" not in question
+    assert "Validation shares the templates" not in answer
+
+
+def test_01_trains_full_and_head_on_the_reports_budget():
+    rows = report_rows()
+    budget = code_cell("01_full_finetuning", 'report.settings["budgets"]')
+    assert "assert all(" in source(budget) and "75 steps" in outputs(budget)
+    full = code_cell("01_full_finetuning", "full_result = pl.train.fit(")
+    assert 'lr=budgets["full"]["lr"]' in source(full)
+    assert f"FitResult(steps={rows['full']['steps']}," in outputs(full)
+    heads = code_cell("01_full_finetuning", "probe_model = ")
+    assert 'lr=budgets["head"]["lr"]' in source(heads)
+    table = code_cell("01_full_finetuning", "majority = ")
+    assert "train (seen)" in outputs(table) and "assert" in source(table)
+    reads = code_cell("01_full_finetuning", 'report.row("full")', "test_accuracy_runs")
+    full_runs = rows["full"]["test_accuracy_runs"]
+    assert f"{rows['full']['test_accuracy']:.3f} ± {rows['full']['test_accuracy_std']:.3f}" in outputs(reads)
+    assert (full_runs if isinstance(full_runs, str) else ";".join(map(str, full_runs)))[:6] in outputs(reads)
+
+
+def test_02_trains_at_the_reports_budget_and_checks_it():
+    rows = report_rows()
+    runs = code_cell("02_lora", "LORA_LR, FULL_LR = ")
+    assert f"LORA_LR, FULL_LR = {rows['lora_qv']['lr']:g}, {rows['full']['lr']:g}" in source(runs)
+    reads = code_cell("02_lora", "pl.compare.Report.load(REPORT)")
+    assert "assert (rows[method]" in source(reads)
+    for m in ("full", "lora", "lora_qv"):
+        assert f"test accuracy {rows[m]['test_accuracy']:.3f} ± {rows[m]['test_accuracy_std']:.3f}" in outputs(reads)
+    answer = read(SOL / "02_lora.md")
+    for m in ("full", "lora", "lora_qv"):
+        assert f"{rows[m]['test_accuracy']:.3f} ± {rows[m]['test_accuracy_std']:.3f}" in answer, m
+    assert "the report has no\nrank sweep" not in answer and "the report has no rank sweep" not in answer
+
+
+def test_04_gap_is_fit_minus_held_out_and_quotes_the_report():
+    table = code_cell("04_gradient_based_selection", "train_acc, test_acc = {}, {}")
+    assert "fit_acc - acc" in source(table) and "train acc" in outputs(table)
+    reads = code_cell("04_gradient_based_selection", 'pl.compare.Report.load("results/compare_default")')
+    rows = report_rows()
+    for m in ("selection", "full"):
+        assert f"{rows[m]['test_accuracy']:.3f} ± {rows[m]['test_accuracy_std']:.3f}" in outputs(reads), m
+    assert "assert" in source(reads)
+
+
 # -- 2. notebook 04: a fixed gradient mask under AdamW ----------------------------------------
 
 def test_04_teaches_what_really_moves_masked_entries():
