@@ -204,6 +204,9 @@ def test_interleaved_timing_survives_a_busy_burst(monkeypatch):
         stop.set()
     full, head_row = rep.rows
     assert full["status"] == head_row["status"] == "ok"
+    # the budget the report states is the one the run used (--epochs and --quick applied)
+    assert rep.settings["budget"]["epochs"] == full["epochs"] == 4
+    assert rep.settings["budget"]["train_size"] == 64 and "64 training examples, 4 epoch(s)" in rep.table()
     # the test of the test: timed during training, the burst inflated head's ratio to full
     during_training = head_row["train_step_time_s"] / full["train_step_time_s"]
     assert head_row["step_time_ratio"] < during_training

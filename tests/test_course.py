@@ -15,11 +15,12 @@ EXPECTED = [
     "00_setup", "01_full_finetuning", "02_lora", "03_prefix_and_prompt_tuning",
     "04_gradient_based_selection", "05_adaptive_budget_adalora", "06_comparison", "07_vision",
     "08_bring_your_own_model", "09_deploy_and_monitor", "10_chat_finetuning", "11_qlora",
-    "12_peft_family",
+    "12_peft_family", "13_choosing_settings", "14_serve_chat",
 ]
 METHOD_NOTEBOOKS = ["01_full_finetuning", "02_lora", "03_prefix_and_prompt_tuning",
                     "04_gradient_based_selection", "05_adaptive_budget_adalora", "07_vision",
-                    "10_chat_finetuning", "11_qlora", "12_peft_family"]
+                    "10_chat_finetuning", "11_qlora", "12_peft_family", "13_choosing_settings",
+                    "14_serve_chat"]
 
 
 def notebooks() -> list[Path]:
@@ -122,7 +123,8 @@ def test_course_map_lists_every_notebook_and_readme_links_it():
 
 MINE = ["02_lora", "03_prefix_and_prompt_tuning", "04_gradient_based_selection",
         "05_adaptive_budget_adalora", "07_vision", "08_bring_your_own_model",
-        "09_deploy_and_monitor", "10_chat_finetuning", "11_qlora", "12_peft_family"]
+        "09_deploy_and_monitor", "10_chat_finetuning", "11_qlora", "12_peft_family",
+        "13_choosing_settings", "14_serve_chat"]
 WIDGET_WORDS = ("widget", "Explorer", "Viewer", "Inspector")
 
 
@@ -143,7 +145,8 @@ def test_every_exercise_has_a_written_answer(name):
 @pytest.mark.parametrize("name", ["02_lora", "03_prefix_and_prompt_tuning",
                                   "04_gradient_based_selection", "05_adaptive_budget_adalora",
                                   "07_vision", "10_chat_finetuning", "11_qlora",
-                                  "12_peft_family"])
+                                  "12_peft_family", "13_choosing_settings",
+                                  "14_serve_chat"])
 def test_method_notebooks_have_an_exercise_that_needs_its_widget(name):
     items = re.split(r"^\d+\.", _exercises(name), flags=re.M)[1:]
     assert any(any(w in item for w in WIDGET_WORDS) for item in items), name
@@ -190,7 +193,8 @@ def test_workshop_kit():
     trouble = (kit / "TROUBLESHOOTING.md").read_text(encoding="utf-8")
     for topic in ("VS Code", "Classic Notebook", "thread", "wheelhouse", "saveState"):
         assert topic in trouble, topic
-    for png in ("lora.png", "prefix_prompt.png", "adalora_triplets.png", "qlora.png"):
+    for png in ("lora.png", "prefix_prompt.png", "adalora_triplets.png", "qlora.png",
+                "adapters_ia3.png"):
         assert (kit / "diagrams" / png).read_bytes()[:4] == b"\x89PNG", png
 
 

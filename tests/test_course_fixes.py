@@ -186,8 +186,8 @@ def test_01_trains_full_and_head_on_the_reports_budget():
 def test_02_trains_at_the_reports_budget_and_checks_it():
     rows = report_rows()
     runs = code_cell("02_lora", "LORA_LR, FULL_LR = ")
-    lrs = re.search(r"LORA_LR, FULL_LR = ([0-9.e-]+), ([0-9.e-]+)", source(runs))
-    assert lrs and (float(lrs.group(1)), float(lrs.group(2))) == (rows["lora_qv"]["lr"], rows["full"]["lr"])
+    lr = re.search(r"LORA_LR, FULL_LR = ([0-9.e-]+), ([0-9.e-]+)", source(runs))
+    assert lr and (float(lr.group(1)), float(lr.group(2))) == (rows["lora_qv"]["lr"], rows["full"]["lr"])
     reads = code_cell("02_lora", "pl.compare.Report.load(REPORT)")
     assert "assert (rows[method]" in source(reads)
     for m in ("full", "lora", "lora_qv"):
@@ -316,9 +316,10 @@ def test_06_makes_no_rank_claim_the_report_cannot_back():
         assert "matters more than their rank" not in where
         assert "*where* LoRA sits matters more" not in where
     src = source(code_cell("06_comparison", "def pts(m):"))
-    for check in ('assert abs(pts("lora") - pts("full")) < sd("lora")',
+    for check in ('assert len(budgets) == 1',
+                  'assert abs(pts("lora") - pts("full")) < 2 and abs(pts("adalora") - pts("full")) < 2',
                   'assert pts("lora_qv") - pts("lora") < -sd("lora_qv")',
-                  'assert abs(pts("prefix") - pts("lora_qv")) < sd("prefix")'):
+                  'assert pts("prefix") < pts("lora_qv")'):
         assert check in src, check
 
 
@@ -332,9 +333,13 @@ def test_03_conclusion_agrees_with_the_report():
     for m in ("prefix", "lora_qv"):
         quoted = f"{rows[m]['test_accuracy']:.3f} ± {rows[m]['test_accuracy_std']:.3f}"
         assert quoted in t, quoted                       # the prose quotes the report as it is
-    assert "150 steps" in t and "mean-pooling head" in t and "`[CLS]`" in t
+    assert "75 steps" in t and "mean-pooling head" in t and "`[CLS]`" in t
+    assert rows["prefix"]["steps"] == rows["lora_qv"]["steps"] == 75     # one matched budget (issue 31)
+    assert rows["prefix"]["test_accuracy"] < rows["lora_qv"]["test_accuracy"]
+    assert "prefix tuning trails query/value LoRA" in t and "agrees" in t
     reads = code_cell("03_prefix_and_prompt_tuning", 'pl.compare.Report.load("results/compare_default")')
     assert "prefix" in outputs(reads) and "lora_qv" in outputs(reads)
+    assert "prefix_2ep  150 steps" in outputs(reads)           # the labelled second row, its own report
 
 
 def test_03_prompt_tuning_below_the_majority_class_is_said_to_have_not_learned():

@@ -58,6 +58,28 @@ def test_vision_validation_comes_from_the_held_out_pool_disjoint_from_test():
     assert again.validation.indices == val.indices and len(again.test) < len(test)
 
 
+def test_the_vision_rates_are_the_committed_sweeps_choice_on_validation():
+    """Each vision row's spec.py rate, the library's TRANSFER_LR (notebook 07 and the datasheet
+    data/vision/README.md) and what `peftlab compare --task vision` reads are the committed
+    sweep's choice (notebooks/results/sweep_vision, chosen on validation); and that sweep's
+    identity is today's, so rerunning its command resumes it instead of being refused."""
+    from peftlab.models import vision
+    doc = json.loads(sweep_report.committed("vision").read_text(encoding="utf-8"))
+    assert doc["task"] == "vision" and doc["rule"].startswith("chosen on validation only")
+    assert doc["warnings"] == [] and doc["budget"] == cm.budget_of("vision")
+    chosen = {row: c["lr"] for row, c in doc["rows"].items()}
+    assert set(chosen) == set(cm.VISION_METHODS)
+    assert {m: s.budget.lr for m, s in cm.VISION_METHODS.items()} == chosen
+    assert {m: vision.TRANSFER_LR[m] for m in chosen} == chosen
+    assert vision.TRANSFER_LR["scratch"] == chosen["full"]          # not swept: full's rate
+    assert sweep_report.chosen_lrs(None, "vision", list(chosen))[0] == chosen
+    ident = doc["identity"]
+    assert ident["grid"] == json.loads(json.dumps(sweep.plan(task="vision").grid))
+    assert ident["defaults"] == {m: sg.row_settings("vision", m) for m in ident["grid"]}
+    assert (ident["seed"], ident["confirm_seeds"], ident["top_k"], ident["quick"]) == (0, 3, 3,
+                                                                                        False)
+
+
 # --- the grid --------------------------------------------------------------------------------
 
 def test_grid_spec_parses_checks_and_names_the_culprit():
@@ -184,8 +206,9 @@ def test_a_killed_sweep_resumes_without_rerunning_a_finished_trial(tmp_path, mon
     assert rep.settings["lr_source"]["sweep"] == out.as_posix()
     assert rep.settings["lr_source"]["rows"] == ["head", "lora_qv"]
     assert "lr: chosen on validation by the sweep" in rep.table()
-    assert rep.settings["budget"] == {"train_size": 2400, "epochs": 1, "batch_size": 32}
-    assert "data budget: every method 2,400 training examples" in rep.table()
+    # a --quick run states the budget it used (64 examples), not the task's (issue 31)
+    assert rep.settings["budget"] == {"train_size": 64, "epochs": 1, "batch_size": 32}
+    assert "data budget: every method 64 training examples" in rep.table()
 
 
 def test_overwrite_starts_over_and_a_torn_line_is_dropped(tmp_path):

@@ -147,6 +147,24 @@ def test_transfer_split_sizes_and_labels(shots):
     assert torch.allclose(both.sum(0), digits.double().sum(0), atol=1e-6)
 
 
+@pytest.mark.parametrize("shots, seed", [(10, 0), (20, 1)])
+def test_validation_and_test_split_the_held_out_pool(shots, seed):
+    """digits_splits: train untouched, 20 per class of the held-out pool for validation, the
+    rest for test, pairwise disjoint, all of the pool used; the same positions as compare's."""
+    train, pool = V.digits_transfer(shots, seed)
+    tr, val, test = V.digits_splits(shots, seed)
+    assert torch.equal(tr.tensors[0], train.tensors[0])
+    assert (len(val), len(test)) == (100, 896 - 5 * shots - 100)
+    assert Counter(val.tensors[1].tolist()) == {c: V.VAL_PER_CLASS for c in range(5)}
+    rows = [{tuple(r) for r in ds.tensors[0].flatten(1).tolist()} for ds in (tr, val, test)]
+    assert not rows[0] & rows[1] and not rows[0] & rows[2] and not rows[1] & rows[2]
+    both = torch.cat([val.tensors[0], test.tensors[0]]).double()
+    assert torch.allclose(both.sum(0), pool.tensors[0].double().sum(0), atol=1e-6)
+    vi, ti = V.held_out_split(pool, V.VAL_PER_CLASS, seed)
+    assert torch.equal(val.tensors[0], pool.tensors[0][vi])
+    assert torch.equal(test.tensors[0], pool.tensors[0][ti])
+
+
 def test_transfer_split_depends_on_seed_only():
     a, b, c = (V.digits_transfer(10, s)[0].tensors[0] for s in (0, 0, 1))
     assert torch.equal(a, b) and not torch.equal(a, c)
@@ -173,7 +191,7 @@ def test_transfer_task_gives_model_and_loaders():
     x, y = next(iter(train))
     assert x.shape == (16, 1, 8, 8) and y.shape == (16,)
     assert model(x).shape == (16, 5)
-    assert sum(len(b[1]) for b in test) == 846
+    assert sum(len(b[1]) for b in test) == 746                    # the test split
 
 
 def test_head_only_training_leaves_the_frozen_body_bitwise_unchanged():

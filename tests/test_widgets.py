@@ -43,7 +43,7 @@ def test_package_exports_the_widgets():
     assert set(widgets.__all__) == {"ModelInspector", "TrainingMonitor", "LoraExplorer",
                                     "SelectionExplorer", "RankAllocationViewer", "PrefixViewer",
                                     "TradeoffExplorer", "ServeMonitor", "FitExplorer",
-                                    "TokenProbs"}
+                                    "TokenProbs", "SweepExplorer"}
     for name in widgets.__all__:
         assert getattr(widgets, name).__name__ == name
     with pytest.raises(AttributeError, match="ModelInspector"):

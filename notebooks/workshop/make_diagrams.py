@@ -1,13 +1,15 @@
 """Concept diagrams for the notebooks, the workshop slides and the whiteboard: LoRA, prefix and
-prompt tuning, AdaLoRA triplets, QLoRA's 4-bit base with LoRA on top.
+prompt tuning, AdaLoRA triplets, QLoRA's 4-bit base with LoRA on top, and where a serial
+adapter, a parallel adapter and IA3's vectors sit in a transformer block.
 
     python notebooks/workshop/make_diagrams.py            # writes diagrams/*.png next to this file
     python notebooks/workshop/make_diagrams.py OUT_DIR
 
-Notebooks 02, 03, 05 and 11 show them (`![...](workshop/diagrams/lora.png)`), and the course
+Notebooks 02, 03, 05, 11 and 12 show them (`![...](workshop/diagrams/lora.png)`), and the course
 site embeds them in its pages. Pure matplotlib (Agg backend, no display needed); deterministic,
 so the committed PNGs are what this script writes. Every label sits inside its box or in free
-space: no text crosses a box edge, an arrow or another label.
+space: no text crosses a box edge, an arrow, a line or another label (tests/test_diagrams.py
+measures it on the drawn figures).
 """
 
 from __future__ import annotations
@@ -172,8 +174,121 @@ def qlora(path: Path) -> None:
     plt.close(fig)
 
 
+def _block(ax, serial=False, ia3=False):
+    """One post-LN transformer block (BERT, as the embedded MiniLM), bottom to top, the frozen
+    parts grey; serial: a trained adapter after each sublayer's output projection; ia3: the
+    trained vectors. Returns (x of the right edge, y of the FFN's input)."""
+    L, W = 1.4, 4.8                                     # the skeleton's left edge and width
+    C, R = L + W / 2, L + W
+    box(ax, L, 0.3, W, 0.8, r"input $x$:  $T \times d$", "white", fontsize=9.5)
+    for name, cx in (("q", C - 1.6), ("k", C), ("v", C + 1.6)):
+        box(ax, cx - 0.6, 1.7, 1.2, 0.8, f"$W_{name}$", FROZEN, fontsize=10)
+        arrow(ax, (cx, 1.1), (cx, 1.7))
+        if ia3 and name != "q":
+            box(ax, cx - 0.6, 2.9, 1.2, 0.7, rf"$\odot\, l_{name}$", TRAIN, fontsize=10)
+            arrow(ax, (cx, 2.5), (cx, 2.9))
+            arrow(ax, (cx, 3.6), (cx, 4.0))
+        else:
+            arrow(ax, (cx, 2.5), (cx, 4.0))
+    box(ax, L, 4.0, W, 0.8, r"softmax$(QK^\top/\sqrt{d_h})\,V$", FROZEN, fontsize=9.5)
+    box(ax, L, 5.2, W, 0.7, r"$W_o$:  $d \times d$", FROZEN, fontsize=9.5)
+    arrow(ax, (C, 4.8), (C, 5.2))
+    top = 5.9
+    if serial:
+        box(ax, L, 6.3, W, 0.8, r"adapter:  $h + f(h)$", TRAIN, fontsize=9.5)
+        arrow(ax, (C, 5.9), (C, 6.3))
+        top = 7.1
+    box(ax, L, 7.5, W, 0.7, "add $x$, LayerNorm", FROZEN, fontsize=9.5)
+    arrow(ax, (C, top), (C, 7.5))
+    ax.plot([L, 0.7, 0.7], [0.7, 0.7, 7.85], color=TEXT, lw=1.1)    # the attention's skip
+    arrow(ax, (0.7, 7.85), (L, 7.85))
+    ffn_in = 8.5
+    box(ax, L, 8.8, W, 0.8, r"$W_1$:  $d_{ff} \times d$,  then GELU", FROZEN, fontsize=9.5)
+    arrow(ax, (C, 8.2), (C, 8.8))
+    if ia3:
+        box(ax, C - 0.9, 10.0, 1.8, 0.7, r"$\odot\, l_{ff}$", TRAIN, fontsize=10)
+        arrow(ax, (C, 9.6), (C, 10.0))
+        arrow(ax, (C, 10.7), (C, 11.1))
+    else:
+        arrow(ax, (C, 9.6), (C, 11.1))
+    box(ax, L, 11.1, W, 0.7, r"$W_2$:  $d \times d_{ff}$", FROZEN, fontsize=9.5)
+    top = 11.8
+    if serial:
+        box(ax, L, 12.2, W, 0.8, r"adapter:  $h + f(h)$", TRAIN, fontsize=9.5)
+        arrow(ax, (C, 11.8), (C, 12.2))
+        top = 13.0
+    box(ax, L, 13.4, W, 0.7, "add, LayerNorm", FROZEN, fontsize=9.5)
+    arrow(ax, (C, top), (C, 13.4))
+    ax.plot([C, 0.7, 0.7], [ffn_in, ffn_in, 13.75], color=TEXT, lw=1.1)   # the FFN's skip
+    arrow(ax, (0.7, 13.75), (L, 13.75))
+    arrow(ax, (C, 14.1), (C, 14.6))
+    ax.text(C, 14.7, "to the next block", ha="center", va="bottom", fontsize=9, color=NOTE)
+    return R, ffn_in
+
+
+def _note(ax, x, y, w, h, text):
+    """A white callout box with left-aligned lines."""
+    box(ax, x, y, w, h, "", "white")
+    ax.text(x + 0.25, y + h / 2, text, ha="left", va="center", fontsize=9.5, color=TEXT,
+            linespacing=1.45)
+
+
+def _link(ax, a, b):
+    """A dashed pointer from a trained part to its callout."""
+    ax.plot(*zip(a, b), color=NOTE, lw=0.9, ls="--")
+
+
+def adapters_ia3(path: Path) -> None:
+    """Three copies of one block: serial adapters (Houlsby), a parallel adapter on the FFN
+    (He et al.), IA3's vectors (Liu et al.), each with its shapes and count per block."""
+    fig, axes = plt.subplots(1, 3, figsize=(18.5, 8.4))
+    for ax in axes:
+        ax.set(xlim=(0, 12.2), ylim=(-0.9, 15.4), aspect="equal")
+        ax.axis("off")
+    ax = axes[0]
+    ax.set_title("serial adapter (Houlsby et al. 2019):\nafter each sublayer, before its skip",
+                 fontsize=11)
+    right, _ = _block(ax, serial=True)
+    _note(ax, 6.8, 8.0, 5.3, 4.2, r"$f(h) = W_{up}\,\mathrm{act}(W_{down}\,h)$" "\n"
+                                  r"$W_{down}$: $m \times d$" "\n" r"$W_{up}$: $d \times m$" "\n"
+                                  r"biases: $m$ and $d$" "\n" "2 per block:" "\n"
+                                  r"$2\,(2dm + m + d)$")
+    _link(ax, (right, 6.7), (6.8, 8.0))
+    _link(ax, (right, 12.6), (6.8, 12.2))
+    ax = axes[1]
+    ax.set_title("parallel adapter (He et al. 2022):\nbeside the FFN, reading its input",
+                 fontsize=11)
+    right, ffn_in = _block(ax)
+    ax.plot([right - 2.4, 9.45], [ffn_in, ffn_in], color=TEXT, lw=1.1)
+    arrow(ax, (9.45, ffn_in), (9.45, 9.0))
+    box(ax, 6.8, 9.0, 5.3, 3.7, "", TRAIN)
+    ax.text(7.05, 10.85, r"$s\;W_{up}\,\mathrm{ReLU}(W_{down}\,x)$" "\n"
+                         r"$W_{down}$: $m \times d$" "\n" r"$W_{up}$: $d \times m$" "\n"
+                         r"biases: $m$ and $d$;  $s = 4$" "\n" r"per block: $2dm + m + d$",
+            ha="left", va="center", fontsize=9.5, color=TEXT, linespacing=1.45)
+    ax.plot([9.45, 9.45], [12.7, 13.75], color=TEXT, lw=1.1)
+    arrow(ax, (9.45, 13.75), (right, 13.75))
+    ax = axes[2]
+    ax.set_title("IA3 (Liu et al. 2022): learned vectors\nrescale keys, values, FFN activation",
+                 fontsize=11)
+    right, _ = _block(ax, ia3=True)
+    _note(ax, 6.8, 1.75, 5.3, 3.0, r"$k = l_k \odot (W_k\,x + b_k)$" "\n"
+                                   r"$v = l_v \odot (W_v\,x + b_v)$"
+                                   "\n" r"$l_k, l_v$: $d$ numbers each")
+    _link(ax, (right - 0.2, 3.25), (6.8, 3.25))
+    _note(ax, 6.8, 9.1, 5.3, 2.5, r"$W_2\,(l_{ff} \odot \mathrm{GELU}(W_1\,x))$" "\n"
+                                  r"$l_{ff}$: $d_{ff}$ numbers" "\n"
+                                  r"per block: $2d + d_{ff}$")
+    _link(ax, (right - 1.5, 10.35), (6.8, 10.35))
+    axes[1].text(6.1, -0.5, r"grey: frozen    orange: trained (every $W_{up}$ starts at 0, every "
+                         r"$l$ at 1: training starts at the base model)    embedded MiniLM: "
+                         r"$d = 384$, $d_{ff} = 1536$, $m = 24$ (serial) or $192$ (parallel)",
+             ha="center", fontsize=9.5, color=NOTE)
+    fig.savefig(path, **SAVE)
+    plt.close(fig)
+
 DIAGRAMS = {"lora.png": lora, "prefix_prompt.png": prefix, "adalora_triplets.png": adalora,
-            "qlora.png": qlora}
+            "qlora.png": qlora, "adapters_ia3.png": adapters_ia3}
 
 
 def main(out: Path) -> list[Path]:

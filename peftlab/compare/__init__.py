@@ -18,9 +18,9 @@ method runs N times (seeds seed .. seed+N-1): means and sample standard deviatio
 Honesty rules: a method whose module does not import is reported as "missing" (not faked);
 a method that fails is reported as "failed" with the error, and the others still run; ratios
 are taken against full fine-tuning measured in the same run (times on a shared machine are
-noisy, ratios less so). Validation uses the training words and templates (in distribution);
-the test split uses held-out words and templates, so test accuracy measures what was learned,
-not what was memorised.
+noisy, ratios less so). Validation and test both hold out words and templates, each split its
+own (issue 31): settings are chosen on validation, test accuracy measures what was learned, not
+what was memorised, and no choice reads it.
 
 Every row trains on the task's one data budget (methods.DATA, stated once in the report's
 settings as `budget`); a row that needs more steps is a second, labelled row (prefix_2ep,

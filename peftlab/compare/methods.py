@@ -212,34 +212,16 @@ def text_task(seed: int = 0, quick: bool = False, model_fn=None) -> Task:
                 test_categories=categories_of(ds.name, "test", test.texts))
 
 
-VISION_VAL_PER_CLASS = 20    # validation images per class, drawn from the held-out pool
-
-
-def held_out_split(pool, per_class: int, seed: int) -> tuple[list[int], list[int]]:
-    """(validation positions, test positions) in the held-out pool, disjoint: `per_class`
-    images of each class drawn at random (seeded) for validation, the rest for test. The few
-    training images are never touched, so rates chosen on validation cost no training data."""
-    labels = pool.tensors[1].tolist()
-    g = torch.Generator().manual_seed(10_000 + seed)
-    val = []
-    for c in sorted(set(labels)):
-        where = [i for i, y in enumerate(labels) if y == c]
-        val += [where[k] for k in torch.randperm(len(where), generator=g)[:per_class].tolist()]
-    val = sorted(val)
-    taken = set(val)
-    return val, [i for i in range(len(labels)) if i not in taken]
-
-
 def vision_task(seed: int = 0, quick: bool = False, model_fn=None) -> Task:
     """The digits ResNet pretrained on 0-4, transferred to 5-9 with 10 images per class;
-    validation: VISION_VAL_PER_CLASS images per class from the held-out pool, test: the rest
-    of that pool (every 8th with quick)."""
+    validation: vision.VAL_PER_CLASS images per class from the held-out pool, test: the rest
+    of that pool (every 8th with quick): vision.held_out_split, as vision.digits_splits."""
     from torch.utils.data import Subset
 
     from peftlab.models import vision
     train, pool = vision.digits_transfer(shots_per_class=10, seed=seed)
     base = (model_fn or (lambda: vision.vision_classifier(num_classes=5, seed=seed)))()
-    val_idx, test_idx = held_out_split(pool, VISION_VAL_PER_CLASS, seed)
+    val_idx, test_idx = vision.held_out_split(pool, vision.VAL_PER_CLASS, seed)
     if quick:
         test_idx = test_idx[::8]
     return Task("vision", lambda: copy.deepcopy(base).eval(), train, Subset(pool, val_idx),

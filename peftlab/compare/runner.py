@@ -122,6 +122,17 @@ def worker_begin(seed: int, threads: int, env: dict[str, str] | None) -> None:
     seed_everything(seed)
 
 
+def _run_budget(task: str, epochs, quick: bool) -> dict:
+    """The data budget this run gave every row: the task's, with --epochs / --quick applied
+    (as run_method applies them), so the report never states a budget the run did not use."""
+    b = dict(budget_of(task))
+    if quick:
+        b.update(train_size=min(b["train_size"] or 64, 64), epochs=1)
+    if epochs is not None:
+        b["epochs"] = epochs
+    return b
+
+
 def _run_isolated(task: str, method: str, seed: int, device, epochs, quick, progress,
                   model_fn, threads: int, env: dict[str, str] | None = None,
                   precision: str = "fp32", lr: float | None = None) -> dict:
@@ -292,7 +303,7 @@ def run(methods: list[str] | None = None, *, task: str = "text", seed: int = 0, 
                 "torch": torch.__version__, "python": sys.version.split()[0],
                 "wall_s": time.perf_counter() - t0,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "budget": budget_of(task), "lr_source": lr_source,
+                "budget": _run_budget(task, epochs, quick), "lr_source": lr_source,
                 "lrs": {m: specs[m].budget.lr for m in methods},
                 "labelled": {m: specs[m].label for m in methods if specs[m].label},
                 "budgets": {m: asdict(specs[m].budget) for m in methods}}

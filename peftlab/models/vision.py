@@ -2,8 +2,9 @@
 
     model = pl.models.vision_classifier()            # pretrained, source head (digits 0-4)
     model = pl.models.vision_classifier(5)           # pretrained body, fresh 5-class head
-    train, test = pl.vision.digits_transfer(shots_per_class=10, seed=0)   # digits 5-9
-    model, train_loader, test_loader = pl.vision.transfer_task(10, seed=0)
+    from peftlab.models import vision
+    train, val, test = vision.digits_splits(shots_per_class=10, seed=0)   # digits 5-9
+    model, train_loader, test_loader = vision.transfer_task(10, seed=0)
 
 Why this model: every vision PEFT idea (LoRA on convolutions, gradient selection, head-only
 probing) needs a *pretrained* network and a *different* task to transfer to, offline, on a
@@ -51,10 +52,12 @@ PIXEL_MEAN, PIXEL_STD = 0.3053, 0.3785  # of x/16 over the source train split (a
 ARCH = {"in_channels": 1, "widths": [16, 32, 64, 128], "blocks": [1, 1, 1, 1],
         "norm_groups": 8, "num_classes": len(SOURCE_CLASSES)}
 REGENERATE = "python data/make_vision_checkpoint.py"
-# the transfer runs measured in data/vision/README.md: AdamW, batch 16, 30 epochs, peak lr
-# per method (a frozen body tolerates a larger one); lora = r=4, alpha=8 on every Conv2d
+VAL_PER_CLASS = 20   # validation images per class, drawn from the held-out pool (rates: on them)
+# the transfer runs measured in data/vision/README.md: AdamW, batch 16, 30 epochs, peak lr per
+# method, chosen on the validation split by the committed sweep (notebooks/results/sweep_vision,
+# `peftlab sweep --task vision`; tests/test_sweep.py keeps them equal); scratch: full's rate
 TRANSFER_EPOCHS, TRANSFER_BATCH = 30, 16
-TRANSFER_LR = {"head": 3e-2, "full": 3e-3, "lora": 1e-2, "selection": 1e-2, "scratch": 3e-3}
+TRANSFER_LR = {"head": 3e-2, "full": 3e-3, "lora": 1e-2, "selection": 1e-1, "scratch": 3e-3}
 
 
 class CheckpointError(ModelNotFoundError):
@@ -220,8 +223,9 @@ def digits_source() -> tuple[TensorDataset, TensorDataset]:
 
 
 def digits_transfer(shots_per_class: int = 10, seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
-    """The target task, digits 5-9 as labels 0-4: `shots_per_class` images per class to train
-    on (5 * shots), every other image of those digits to test on (896 - 5 * shots)."""
+    """The target task, digits 5-9 as labels 0-4: (`shots_per_class` images per class to train
+    on (5 * shots), the held-out pool: every other image of those digits (896 - 5 * shots)).
+    digits_splits divides the pool into validation and test."""
     if not isinstance(shots_per_class, int) or not 1 <= shots_per_class <= 170:
         raise ValueError(f"shots_per_class must be an int in 1..170 (the rarest target digit "
                          f"has 174 images), got {shots_per_class!r}.")
@@ -231,6 +235,32 @@ def digits_transfer(shots_per_class: int = 10, seed: int = 0) -> tuple[TensorDat
     test = [i for c in TARGET_CLASSES for i in per[c][shots_per_class:]]
     off = TARGET_CLASSES[0]
     return _subset(x, y, train, off), _subset(x, y, test, off)
+
+
+def held_out_split(pool: TensorDataset, per_class: int = VAL_PER_CLASS,
+                   seed: int = 0) -> tuple[list[int], list[int]]:
+    """(validation positions, test positions) in the held-out pool, disjoint: `per_class`
+    images of each class drawn at random (seeded) for validation, the rest for test. The few
+    training images are never touched, so rates chosen on validation cost no training data."""
+    labels = pool.tensors[1].tolist()
+    g = torch.Generator().manual_seed(10_000 + seed)
+    val = []
+    for c in sorted(set(labels)):
+        where = [i for i, y in enumerate(labels) if y == c]
+        val += [where[k] for k in torch.randperm(len(where), generator=g)[:per_class].tolist()]
+    val = sorted(val)
+    taken = set(val)
+    return val, [i for i in range(len(labels)) if i not in taken]
+
+
+def digits_splits(shots_per_class: int = 10, seed: int = 0, val_per_class: int = VAL_PER_CLASS
+                  ) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
+    """(train, validation, test) of the target task: digits_transfer's training images, and its
+    held-out pool split by held_out_split (at 10 shots: 50, 100, 746), pairwise disjoint."""
+    train, pool = digits_transfer(shots_per_class, seed)
+    val, test = held_out_split(pool, val_per_class, seed)
+    x, y = pool.tensors
+    return train, TensorDataset(x[val], y[val]), TensorDataset(x[test], y[test])
 
 
 def loader(ds: TensorDataset, batch_size: int = 32, shuffle: bool = False,
@@ -246,9 +276,10 @@ def transfer_task(shots_per_class: int = 10, seed: int = 0, batch_size: int = 16
     """Everything a transfer run needs: (model with a fresh 5-class head, train, test loaders).
 
     The model is pretrained on digits 0-4 (or random with pretrained=False: the scratch
-    baseline); the loaders hold the seeded few-shot split of digits 5-9 (labels 0-4).
+    baseline); the loaders hold the seeded few-shot split of digits 5-9 (labels 0-4) and its
+    test split (digits_splits: the held-out pool less the validation images).
     """
-    train, test = digits_transfer(shots_per_class, seed)
+    train, _, test = digits_splits(shots_per_class, seed)
     model = vision_classifier(num_classes=len(TARGET_CLASSES), pretrained=pretrained, seed=seed)
     return (model, loader(train, batch_size, shuffle=True, seed=seed),
             loader(test, 256, shuffle=False))

@@ -30,6 +30,7 @@ _WHERE = {
     "ServeMonitor": "serve_monitor",
     "FitExplorer": "fits",
     "TokenProbs": "token_probs",
+    "SweepExplorer": "sweep_explorer",
 }
 
 __all__ = list(_WHERE)

@@ -11,6 +11,10 @@ Per adapter: predict requests answered, mean and p99 latency (from the histogram
 confidence (top-class probability), the share of predictions at or under 0.9 confidence and
 the predicted-class distribution: a falling confidence or a moving class mix on unlabelled
 traffic is the first sign that the data has drifted (notebook 09).
+
+A chat server (the OpenAI-compatible one) gets its own view (serve_monitor_chat.py): per
+model, requests, tokens, time to first token and tokens/s per request; tokens/s over time
+from the readings of every refresh (mon.history), and rows per decoding step (notebook 14).
 """
 
 from __future__ import annotations
@@ -22,6 +26,15 @@ import ipywidgets as W
 
 from peftlab.serve.metrics import MetricsSnapshot, read_metrics
 from peftlab.widgets._base import WidgetBase, esc, html_table, image_widget, new_figure, show_figure
+from peftlab.widgets.serve_monitor_chat import (
+    ThroughputHistory,
+    chat_figure,
+    chat_head,
+    chat_rows,
+    chat_summary,
+    chat_table,
+    is_chat,
+)
 
 LOW = 0.9     # a confidence bucket bound of the server's histogram
 
@@ -54,6 +67,7 @@ class ServeMonitor(WidgetBase):
         self.source, self.interval = source, float(interval)
         self.snapshot = MetricsSnapshot()
         self.baseline = MetricsSnapshot()           # mark() moves it; window = snapshot - it
+        self.history = ThroughputHistory()          # the token counters at every refresh
         self._timer: threading.Timer | None = None
         self._head = W.HTML()
         self._table = W.HTML()
@@ -83,6 +97,7 @@ class ServeMonitor(WidgetBase):
         except OSError as e:                       # server gone or not up yet: say so, keep old
             self._head.value = f"<b style='color:#c62828'>cannot read metrics: {esc(e)}</b>"
             return self.snapshot
+        self.history.record(self.snapshot)
         self._draw()
         return self.snapshot
 
@@ -138,8 +153,14 @@ class ServeMonitor(WidgetBase):
             })
         return out
 
+    def chat_rows(self, snap: MetricsSnapshot | None = None) -> list[dict]:
+        """A chat server's numbers, one dict per model (serve_monitor_chat.chat_rows)."""
+        return chat_rows(self._shown() if snap is None else snap)
+
     def summary(self) -> str:
         snap = self._shown()
+        if is_chat(snap):
+            return chat_summary(self._scope.value, snap)
         head = (f"{self._scope.value}: {int(sum(snap.requests.values()))} requests, "
                 f"{int(snap.batches)} forward passes, errors: {_errors(snap)}")
         lines = [head]
@@ -158,6 +179,8 @@ class ServeMonitor(WidgetBase):
     def figure(self, snap: MetricsSnapshot | None = None):
         """Left: confidence histogram per adapter; right: predicted-class shares per adapter."""
         snap = self._shown() if snap is None else snap
+        if is_chat(snap):               # a chat server: tokens/s over time, rows per step
+            return chat_figure(snap, self.history)
         fig = new_figure(8.5, 2.8)
         ax1, ax2 = fig.subplots(1, 2, width_ratios=[1.4, 1])
         adapters = snap.adapters
@@ -193,6 +216,11 @@ class ServeMonitor(WidgetBase):
     def _draw(self) -> None:
         snap = self._shown()
         where = self.source if isinstance(self.source, str) else "in-process server"
+        if is_chat(snap):
+            self._head.value = chat_head(where, self._scope.value, snap)
+            self._table.value = chat_table(snap)
+            show_figure(self._image, self.figure(snap))
+            return
         self._head.value = (f"<b>peftlab serve</b> · {esc(where)} · {esc(self._scope.value)}: "
                             f"<b>{int(sum(snap.requests.values()))}</b> requests in "
                             f"<b>{int(snap.batches)}</b> forward passes (mean batch "
