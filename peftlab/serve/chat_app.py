@@ -55,6 +55,7 @@ from peftlab.serve.limits import MAX_BODY_BYTES, MAX_QUEUE, BadRequest, check_li
 
 MAX_TOKENS = 512                # the most tokens one answer may ask for (max_tokens)
 CHAT_REQUEST_TIMEOUT_S = 300.0  # arrival to last token: generation takes longer than a predict
+PREFIX_CACHE_TOKENS = 2048      # prompt tokens whose keys and values are kept (chat_prefix.py)
 
 
 def base_name_of(model) -> str:
@@ -65,13 +66,15 @@ def base_name_of(model) -> str:
 
 
 class ChatServer:
-    """The model, the engine, the template and the metrics behind one chat app."""
+    """The model, the engine, the template and the metrics behind one chat app.
+    prefix_cache_tokens and onednn go to the engine (chat_engine.ChatEngine)."""
 
     def __init__(self, model, tokenizer, base_name: str | None = None, max_batch: int = 32,
                  max_queue: int = MAX_QUEUE, max_tokens: int = MAX_TOKENS,
                  max_body_bytes: int = MAX_BODY_BYTES,
                  request_timeout: float = CHAT_REQUEST_TIMEOUT_S,
-                 system: str | None = DEFAULT_SYSTEM, record_logits: bool = False):
+                 system: str | None = DEFAULT_SYSTEM, record_logits: bool = False,
+                 prefix_cache_tokens: int = PREFIX_CACHE_TOKENS, onednn: bool = True):
         check_limits(max_batch=max_batch, max_queue=max_queue, max_tokens=max_tokens,
                      max_body_bytes=max_body_bytes, request_timeout=request_timeout)
         if get_method(model) not in (None, "lora"):
@@ -88,9 +91,11 @@ class ChatServer:
         self.timeout, self.created = float(request_timeout), int(time.time())
         self.stopping = False
         self.engine = ChatEngine(model, tokenizer, max_batch=max_batch, max_queue=max_queue,
-                                 record_logits=record_logits)
+                                 record_logits=record_logits,
+                                 prefix_cache_tokens=prefix_cache_tokens, onednn=onednn)
         self.metrics = ChatMetrics(lambda: len(self.engine.waiting),
-                                   lambda: len(self.engine.rows))
+                                   lambda: len(self.engine.rows),
+                                   lambda: self.engine.prefix.reused)
         self.engine.on_step = self.metrics.batch_rows.observe
         self.registry, self.requests = self.metrics.registry, self.metrics.requests
 

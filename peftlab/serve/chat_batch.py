@@ -2,6 +2,7 @@
 after their own prefill and leaving when they finish.
 
     batch = Batch.prefill(model, prompts)    # new rows: generate.prefill, the prompts once
+    batch = Batch.prefill(model, prompts, pad, past=[(n, kv), None])   # row 0: a prefix hit
     batch = running.join(batch)              # they join the running rows at a step boundary
     batch = batch.keep([0, 2])               # row 1 leaves: its keys and values are dropped
     batch.step(model, next_tokens)           # one token per row; every cache grows one column
@@ -12,6 +13,11 @@ The layout is pl.generate's (peftlab/chat/generate.py), kept alive across reques
     mask          (B, T)  1 where row i has a real token, 0 on its left padding
     pos           (B, 1)  the position of row i's last token (RoPE counts from its own start)
     logits        (B, V)  row i's next-token logits
+
+A row whose first n tokens' keys and values are known (chat_prefix.py: an earlier prompt
+began the same way) prefills only the rest: the known columns stand left of the new ones,
+[padding | n cached | padding | the rest], the mask 0 on both paddings, positions counted
+over the real tokens, so the rest sees exactly the keys and values a full prefill would.
 
 Rows of different lengths share one tensor by left padding, exactly as a batched pl.generate
 pads its prompts, so a row computes what it computes alone (up to float rounding: masked
@@ -30,7 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from peftlab.chat.generate import cache_arg, cache_of, new_cache, prefill
+from peftlab.chat.generate import cache_arg, cache_of, left_pad, new_cache, prefill
 
 
 def kv_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -68,10 +74,42 @@ class Batch:
         return self.mask.shape[1]
 
     @classmethod
-    def prefill(cls, model, prompts: list[list[int]], pad: int) -> Batch:
-        """New rows: their prompts run once, left-padded among themselves (generate.prefill)."""
-        logits, cache, mask, pos = prefill(model, prompts, pad)
-        return cls(cache, mask, pos, logits)
+    def prefill(cls, model, prompts: list[list[int]], pad: int, past: list | None = None) -> Batch:
+        """New rows: their prompts run once, left-padded among themselves (generate.prefill).
+        past: per row None, or (n, kv), the keys and values of its first n tokens
+        (PrefixCache.lookup): only the rest of that prompt runs, after them."""
+        if not past or not any(past):
+            logits, cache, mask, pos = prefill(model, prompts, pad)
+            return cls(cache, mask, pos, logits)
+        known = [p[0] if p else 0 for p in past]
+        C, device = max(known), next(model.parameters()).device
+        ids, new_mask = left_pad([p[n:] for p, n in zip(prompts, known)], pad, device)
+        old_mask = torch.zeros((len(prompts), C), dtype=torch.long, device=device)
+        for i, n in enumerate(known):
+            old_mask[i, C - n:] = 1
+        shape = next(p[1] for p in past if p)           # any hit's layers: (1, H_kv, n, D)
+        kv = []
+        for layer, (k0, v0) in enumerate(shape):
+            cols = []
+            for p in past:
+                if p:
+                    k, v = p[1][layer]
+                    cols.append((F.pad(k, (0, 0, C - p[0], 0)), F.pad(v, (0, 0, C - p[0], 0))))
+                else:
+                    z = k0.new_zeros((1, k0.shape[1], C, k0.shape[3]))
+                    cols.append((z, z))
+            kv.append((torch.cat([k for k, _ in cols]), torch.cat([v for _, v in cols])))
+        mask = torch.cat([old_mask, new_mask], dim=1)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, C:]
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                    logits_to_keep=1, **{cache_arg(model): cache_from(model, kv)})
+        return cls(cache_of(out), mask, pos[:, -1:], out.logits[:, -1].float())
+
+    def row_kv(self, i: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Row i's keys and values on its real tokens only, (1, H_kv, tokens, D) per layer."""
+        cols = self.mask[i].nonzero().squeeze(-1)
+        return [(k[i:i + 1].index_select(2, cols), v[i:i + 1].index_select(2, cols))
+                for k, v in kv_tensors(self.cache)]
 
     def join(self, model, other: Batch) -> Batch:
         """These rows, then other's: both padded on the left to the longer length."""

@@ -25,12 +25,17 @@ forward pass):
     repeat:
         run queued model work (load / delete an adapter)
         drop rows whose client went away (disconnect, timeout) or whose adapter was deleted
-        admit waiting requests into free slots: prefill them together, each through its own
-            adapter, then join their caches to the running batch  (chat_batch.Batch.join)
+        admit waiting requests into free slots (a lone one waits up to join_wait steps for
+            company): prefill them together, each through its own adapter, then join their
+            caches to the running batch                           (chat_batch.Batch.join);
+            a prompt that starts like an earlier one through the same adapter reuses that
+            one's keys and values and prefills only the rest     (chat_prefix.PrefixCache)
         pick one token per row (greedy, or sampled with the row's own seeded generator)
         emit text to each row; rows that hit the end-of-turn token, a stop string or their
             max_tokens leave the batch, their cache is freed       (Batch.keep)
-        one forward pass for every remaining row, each through its own adapter (Batch.step)
+        one forward pass for every remaining row, each through its own adapter (Batch.step;
+            every adapter's A and B stacked, so a mixed batch costs what one adapter costs:
+            chat_lora.StackedLora)
 
 A row's numbers are what pl.generate computes for it alone (left padding, explicit positions,
 per-row routing), so a greedy answer is the same tokens (tests/test_serve_chat_engine.py checks
@@ -54,27 +59,10 @@ from peftlab.chat.generate import pick, stop_ids
 from peftlab.core.state import get_method
 from peftlab.lora.named import adapter_names, route
 from peftlab.serve.chat_batch import Batch
-from peftlab.serve.chat_protocol import ApiError
-
-
-def cut_at_stop(text: str, stop: list[str]) -> str:
-    """The text before the first stop string (pl.generate cuts the same way)."""
-    for s in stop:
-        text = text.split(s)[0] if s in text else text
-    return text
-
-
-def held_back(text: str, stop: list[str]) -> int:
-    """How many characters at the end of a growing text must wait before streaming: a
-    character still being decoded (U+FFFD: its bytes are not all there yet) and the longest
-    end that could still become a stop string."""
-    hold = len(text) - len(text.rstrip("\ufffd"))
-    for s in stop:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                hold = max(hold, k)
-                break
-    return hold
+from peftlab.serve.chat_kernels import PackedLinears
+from peftlab.serve.chat_lora import StackedLora
+from peftlab.serve.chat_prefix import PrefixCache
+from peftlab.serve.chat_protocol import ApiError, cut_at_stop, held_back
 
 
 @dataclass
@@ -100,6 +88,7 @@ class Row:
     t_first: float | None = None                      # time.monotonic() of the first token
     t_last: float | None = None
     logits: list | None = None                        # each step's logits (record_logits)
+    queued: int = 0                                   # the engine's step count at submit
 
     def __post_init__(self):
         self.generator = None
@@ -118,16 +107,27 @@ class Row:
 class ChatEngine:
     """The scheduler of the module docstring. max_batch: rows generating together; max_queue:
     requests waiting for a slot (one more: 429). record_logits: rows keep each step's logits
-    (tests compare them with pl.generate). on_step(rows): called after every forward pass."""
+    (tests compare them with pl.generate). on_step(rows): called after every forward pass.
+    prefix_cache_tokens: the most prompt tokens whose keys and values are kept for reuse
+    (chat_prefix.py; 0: every prompt is prefilled in full). stacked_lora: every row's adapter
+    in one pass per layer (chat_lora.py; False: pl.lora.route, group by group). join_wait:
+    the most steps a lone request waits to prefill together with another (_admit). onednn:
+    the base's linear layers through oneDNN on a CPU (chat_kernels.py; False: PyTorch's)."""
 
     def __init__(self, model, tokenizer, max_batch: int = 32, max_queue: int = 64,
-                 record_logits: bool = False, on_step: Callable[[int], None] | None = None):
+                 record_logits: bool = False, on_step: Callable[[int], None] | None = None,
+                 prefix_cache_tokens: int = 2048, stacked_lora: bool = True,
+                 join_wait: int = 2, onednn: bool = True):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_batch, self.max_queue = max_batch, max_queue
         self.record_logits, self.on_step = record_logits, on_step
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
             else tokenizer.eos_token_id
         self.stops = stop_ids(model, tokenizer)
+        self.prefix = PrefixCache(prefix_cache_tokens)
+        self.stacked = StackedLora(model) if stacked_lora else None
+        self.packed = PackedLinears(model, enabled=onednn)
+        self.join_wait, self.steps = join_wait, 0     # steps: forward passes so far
         self.tokenizer_lock = threading.Lock()        # the handlers tokenize on other threads
         self.rows: list[Row] = []                     # row i is row i of self.batch
         self.batch: Batch | None = None
@@ -154,6 +154,7 @@ class ChatEngine:
                 raise ApiError(429, f"the server is busy: {self.max_queue} requests are waiting "
                                     f"for a slot (max_queue); retry shortly",
                                code="rate_limit_exceeded", headers={"Retry-After": "1"})
+            row.queued = self.steps
             self.waiting = collections.deque(live + [row])
             self.wake.notify()
 
@@ -191,6 +192,14 @@ class ChatEngine:
         for _, fut in self.work:
             fut.set_exception(gone)
         self.rows, self.waiting, self.work, self.batch = [], collections.deque(), [], None
+        self._forget()
+
+    def _forget(self) -> None:
+        """Drop the cached prefixes, stacked adapters and packed weights (the model changed)."""
+        self.prefix.clear()
+        for part in (self.stacked, self.packed):
+            if part is not None:
+                part.invalidate()
 
     # --- the engine's thread ------------------------------------------------------------------
     def _loop(self) -> None:
@@ -202,18 +211,20 @@ class ChatEngine:
                     return
                 work, self.work = self.work, []
                 free = self.max_batch - len(self.rows)
-                joining = []
-                while self.waiting and len(joining) < free:
+                joining, admit = [], self._admit(free)
+                while admit and self.waiting and len(joining) < free:
                     row = self.waiting.popleft()
                     if row.cancelled is None:
                         joining.append(row)
+            if work:                     # an adapter may change: drop what was built from it
+                self._forget()
             for fn, fut in work:
                 try:
                     fut.set_result(fn())
                 except Exception as e:                  # noqa: BLE001 - the caller's answer
                     fut.set_exception(e)
             try:
-                with torch.no_grad():
+                with torch.no_grad(), self.packed.use():
                     self._leave_gone()
                     self._join([r for r in joining if self._usable(r)])
                     if self.rows:
@@ -223,6 +234,16 @@ class ChatEngine:
                 for row in self.rows:
                     self._fail(row, error)
                 self.rows, self.batch = [], None
+
+    def _admit(self, free: int) -> bool:
+        """Whether the waiting rows join now: at once when nothing generates, when two (or
+        all free slots' worth) are waiting, else once the first has waited join_wait steps.
+        A prefill pass costs about a decoding step however few its tokens (every weight is
+        read once per pass), so joiners that share one save passes; vLLM's scheduler
+        delays prompts the same way (--scheduler-delay-factor)."""
+        live = [r for r in self.waiting if r.cancelled is None]
+        return not self.rows or not live or len(live) >= min(free, 2) or \
+            self.steps - live[0].queued >= self.join_wait
 
     def _usable(self, row: Row) -> bool:
         """Whether a joining row's adapter still exists (else it is answered 404)."""
@@ -238,10 +259,12 @@ class ChatEngine:
             row.emit("error", error)
 
     def _routing(self, names: list):
-        """Row i through adapter names[i] (pl.lora.route); a base without LoRA: no routing."""
+        """Row i through adapter names[i]: stacked (chat_lora.py), or pl.lora.route when
+        stacked_lora is off; a base without LoRA: no routing."""
         if get_method(self.model) != "lora":
             return contextlib.nullcontext()
-        return route(self.model, names)
+        return self.stacked.route(names) if self.stacked is not None else \
+            route(self.model, names)
 
     def _leave(self, keep: list[int]) -> None:
         if len(keep) < len(self.rows):
@@ -260,11 +283,17 @@ class ChatEngine:
                      if r.cancelled is None and r.finish is None])
 
     def _join(self, rows: list[Row]) -> None:
-        """Prefill the new rows together, each through its own adapter, and append them."""
+        """Prefill the new rows together, each through its own adapter (after its cached
+        prefix, if any), keep their prompts' keys and values for later ones, append them."""
         if not rows:
             return
+        past = [self.prefix.lookup(r.adapter, r.prompt) for r in rows]
         with self._routing([r.adapter for r in rows]):
-            new = Batch.prefill(self.model, [r.prompt for r in rows], self.pad)
+            new = Batch.prefill(self.model, [r.prompt for r in rows], self.pad,
+                                [p if p[1] is not None else None for p in past])
+        if self.prefix.max_tokens > 0:
+            for i, r in enumerate(rows):
+                self.prefix.store(r.adapter, r.prompt, new.row_kv(i))
         self.batch = new if self.batch is None else self.batch.join(self.model, new)
         self.rows += rows
 
@@ -316,5 +345,6 @@ class ChatEngine:
             nxt = torch.tensor([tokens[i] for i in keep])
             with self._routing([r.adapter for r in self.rows]):
                 self.batch.step(self.model, nxt)
+            self.steps += 1
             if self.on_step is not None:
                 self.on_step(len(self.rows))

@@ -18,6 +18,9 @@
                                                                timeout, adapter_deleted, error
     peftlab_chat_batch_rows                                    rows per forward pass (a mean
                                                                above 1: requests share steps)
+    peftlab_chat_prefix_reused_tokens                          prompt tokens not prefilled:
+                                                               their keys and values came
+                                                               from the prefix cache
 
 `adapter` is the request's model name: the base's or an adapter's. Throughput over a window is
 the difference of two readings of the token counter divided by the seconds between them.
@@ -36,7 +39,7 @@ RATES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 class ChatMetrics:
     """The families above, in their own registry; done() records one finished request."""
 
-    def __init__(self, queue_length, running_rows):
+    def __init__(self, queue_length, running_rows, prefix_reused=lambda: 0):
         r = self.registry = CollectorRegistry()
         self.requests = Counter("peftlab_requests", "Requests by adapter and status",
                                 ["endpoint", "adapter", "status"], registry=r)
@@ -61,6 +64,8 @@ class ChatMetrics:
                                 ["adapter", "reason"], registry=r)
         self.batch_rows = Histogram("peftlab_chat_batch_rows", "Rows per forward pass",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        Gauge("peftlab_chat_prefix_reused_tokens", "Prompt tokens read from the prefix cache",
+              registry=r).set_function(prefix_reused)
 
     def refused(self, endpoint: str, adapter: str, e) -> None:
         """A request refused before (or instead of) generating: its status and reason."""

@@ -287,3 +287,23 @@ def sse(obj: dict) -> bytes:
 
 
 DONE = b"data: [DONE]\n\n"
+
+
+def cut_at_stop(text: str, stop: list[str]) -> str:
+    """The text before the first stop string (pl.generate cuts the same way)."""
+    for s in stop:
+        text = text.split(s)[0] if s in text else text
+    return text
+
+
+def held_back(text: str, stop: list[str]) -> int:
+    """How many characters at the end of a growing text must wait before streaming: a
+    character still being decoded (U+FFFD: its bytes are not all there yet) and the longest
+    end that could still become a stop string."""
+    hold = len(text) - len(text.rstrip("\ufffd"))
+    for s in stop:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                hold = max(hold, k)
+                break
+    return hold

@@ -51,6 +51,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="the most tokens one answer may ask for (default 512)")
     c.add_argument("--served-name", default=None, metavar="NAME",
                    help="the base's name in /v1/models (default: its folder or hub id's last part)")
+    c.add_argument("--prefix-cache-tokens", type=int, default=2048, metavar="N",
+                   help="prompt tokens whose keys and values are kept to reuse for prompts "
+                        "that start the same way, per adapter (default 2048; 0: off)")
+    c.add_argument("--no-onednn", dest="onednn", action="store_false",
+                   help="run the linear layers on PyTorch's default CPU kernels (MKL) instead "
+                        "of oneDNN with prepacked weights")
     c.add_argument("--system", default=None, metavar="TEXT",
                    help="the system prompt for conversations without one (default: the first "
                         "run's, else peftlab's training default)")
@@ -203,4 +209,5 @@ def make_app(args, parser):
     model, tokenizer, system = build_chat(adapters, args.base)
     system = args.system if args.system is not None else system
     options = {"system": system} if system is not None else {}
+    options.update(prefix_cache_tokens=args.prefix_cache_tokens, onednn=args.onednn)
     return create_chat_app(model, tokenizer, base_name=args.served_name, **limits, **options)
