@@ -92,3 +92,17 @@ def test_the_checker_catches_what_it_should():
 
     assert not real_docstring(Bare) and not real_docstring(nothing)
     assert not real_docstring(Child) and real_docstring(pl.lora.LoraConfig)
+
+
+def test_the_readme_shows_the_committed_default_report_as_it_is():
+    """The README's default-report table is the committed report's own table (its first part:
+    rows, footnotes, budget and lr lines), so a changed report or wording cannot drift."""
+    from pathlib import Path
+
+    from peftlab.compare.report import Report
+    root = Path(__file__).resolve().parents[1]
+    table = Report.load(root / "notebooks/results/compare_default").table()
+    text = (root / "README.md").read_text(encoding="utf-8")
+    start = text.index("method       trainable")
+    shown = text[start:text.index("```", start)].rstrip("\n")
+    assert table.startswith(shown + "\n\n"), "README's compare block differs from report.json"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 from test_compare import tiny_text_model
@@ -205,7 +206,10 @@ def test_a_killed_sweep_resumes_without_rerunning_a_finished_trial(tmp_path, mon
     assert rows["head"]["lr"] == res.summary["rows"]["head"]["lr"]
     assert rep.settings["lr_source"]["sweep"] == out.as_posix()
     assert rep.settings["lr_source"]["rows"] == ["head", "lora_qv"]
-    assert "lr: chosen on validation by the sweep" in rep.table()
+    # ... and which rows it chose among several rates, and which had only one (not a choice)
+    assert rep.settings["lr_source"]["candidates"] == {"head": 3, "lora_qv": 1}
+    assert ("chosen on validation for head (best of 3); lora_qv: the grid's only rate "
+            "(taken, not chosen)") in rep.table()
     # a --quick run states the budget it used (64 examples), not the task's (issue 31)
     assert rep.settings["budget"] == {"train_size": 64, "epochs": 1, "batch_size": 32}
     assert "data budget: every method 64 training examples" in rep.table()
@@ -292,3 +296,20 @@ def test_cli_sweep_runs_resumes_and_refuses_a_changed_grid(tmp_path, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and "argument --out" in err and "grid.head.lr" in err
     assert "--overwrite" in err
+
+
+def test_the_lr_line_says_chosen_only_where_the_sweep_had_a_choice():
+    from peftlab.compare.report import Report
+    from peftlab.compare.sweep_report import lr_line
+    src = {"sweep": "sw", "rows": ["full", "lora"], "candidates": {"full": 5, "lora": 1}}
+    assert lr_line(src, ["full", "lora", "head"]) == (
+        "lr: from the sweep sw: chosen on validation for full (best of 5); lora: the grid's "
+        "only rate (taken, not chosen); head: from spec.py")
+    # no row from the sweep: said in words, not an empty "()"
+    assert lr_line({**src, "rows": []}, ["prefix_2ep"]) == \
+        "lr: the sweep sw has no rate for these rows; each from its spec.py"
+    # the committed default report: LoRA's one rate is not called a choice, paths are relative
+    rep = Report.load(Path(__file__).resolve().parents[1] / "notebooks/results/compare_default")
+    line = rep.budget_lines()[1]
+    assert "lora, lora_qv: the grid's only rate (taken, not chosen)" in line
+    assert "full (best of 5)" in line and not rep.settings["lr_source"]["file"].startswith("/")

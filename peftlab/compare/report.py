@@ -147,11 +147,11 @@ class Report:
             return []
         size = "all" if b["train_size"] is None else f"{b['train_size']:,}"
         src = st.get("lr_source") or "-"
+        from peftlab.compare.sweep_report import lr_line
         return [f"data budget: every method {size} training examples, {b['epochs']:g} epoch(s), "
                 f"batch {b['batch_size']}" + "".join(
                     f"; {m}: {label}" for m, label in (st.get("labelled") or {}).items()),
-                f"lr: chosen on validation by the sweep {src['sweep']} ({', '.join(src['rows'])});"
-                f" the others from their spec.py" if isinstance(src, dict) else f"lr: {src}"]
+                lr_line(src, [r["method"] for r in self.rows]) if isinstance(src, dict) else f"lr: {src}"]
 
     def timing_lines(self) -> list[str]:
         """How the step times were taken, the precision, and a warning when the machine was

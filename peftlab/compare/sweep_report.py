@@ -261,6 +261,39 @@ def chosen_lrs(source, task: str, rows: list[str]) -> tuple[dict[str, float], ob
     if doc.get("task") != task:
         raise ValueError(f"lrs_from {path}: a sweep of the {doc.get('task')!r} task, not "
                          f"{task!r}")
-    lrs = {r: c["lr"] for r, c in doc.get("rows", {}).items() if r in rows}
-    return lrs, {"sweep": doc.get("sweep", str(path)), "file": str(path), "rows": list(lrs),
-                 "budget": doc.get("budget"), "rule": doc.get("rule")}
+    chosen = {r: c for r, c in doc.get("rows", {}).items() if r in rows}
+    return {r: c["lr"] for r, c in chosen.items()}, {
+        "sweep": doc.get("sweep", _shown(path.parent)), "file": _shown(path),
+        "rows": list(chosen), "candidates": {r: c.get("candidates") for r, c in chosen.items()},
+        "budget": doc.get("budget"), "rule": doc.get("rule")}
+
+
+def _shown(path: Path) -> str:
+    """path relative to the repository (or the working directory) where it lies inside, so a
+    committed report names no machine's folders; else as given."""
+    path = Path(path).resolve()
+    for root in (Path(__file__).resolve().parents[2], Path.cwd().resolve()):
+        if path.is_relative_to(root):
+            return path.relative_to(root).as_posix()
+    return path.as_posix()
+
+
+def lr_line(src: dict, methods: list[str] | None = None) -> str:
+    """The report's line on where its rates came from (src: chosen_lrs' lr_source; methods:
+    the report's rows): which rows the sweep chose among several rates on validation, which
+    had a single rate in its grid (taken, not chosen), and which use their spec.py rate."""
+    rows = src.get("rows") or []
+    others = [m for m in (methods or []) if m not in rows]
+    spec = f"{', '.join(others)}: from spec.py" if others else \
+        ("" if methods is not None else "the others from their spec.py")
+    if not rows:
+        return f"lr: the sweep {src['sweep']} has no rate for these rows; each from its spec.py"
+    n = src.get("candidates")
+    if n is None:                           # a report written before the counts were recorded
+        return f"lr: from the sweep {src['sweep']} ({', '.join(rows)})" + \
+            (f"; {spec}" if spec else "")
+    chose = [f"{r} (best of {n[r]})" for r in rows if (n.get(r) or 0) > 1]
+    single = [r for r in rows if (n.get(r) or 0) <= 1]
+    parts = [f"chosen on validation for {', '.join(chose)}"] if chose else []
+    parts += [f"{', '.join(single)}: the grid's only rate (taken, not chosen)"] if single else []
+    return f"lr: from the sweep {src['sweep']}: " + "; ".join(parts + ([spec] if spec else []))
