@@ -400,3 +400,37 @@ def test_no_stale_issue_text_in_the_answer_key():
     for path in sorted(SOL.glob("*.md")):
         assert "issue 14" not in read(path), path.name
         assert "when issue" not in read(path), path.name
+
+
+def test_no_tracker_numbers_in_what_learners_read():
+    """'Until issue 31 ...' means nothing to a learner: no notebook, answer or course page names
+    an issue number."""
+    pages = [p for p in NB_DIR.glob("*.md")] + sorted(SOL.glob("*.md"))
+    found = [p.name for p in pages if re.search(r"\bissue \d+", read(p), re.I)]
+    found += [p.stem for p in sorted(NB_DIR.glob("[0-9][0-9]_*.ipynb"))
+              if re.search(r"\bissue \d+", text(p.stem), re.I)]
+    assert not found, found
+
+
+# -- notebooks 13 and 14, the reviewer's read -------------------------------------------------
+
+def test_13_names_the_collapse_class_and_cawley_talbot_right():
+    t = text("13_choosing_settings")
+    assert "majority-class accuracy" not in t          # 0.49 is the minority class
+    assert "the minority class of validation" in t
+    assert "selection bias in performance evaluation" in t
+    answer = read(SOL / "13_choosing_settings.md")
+    assert "collapses to the majority class" not in answer and "0.810 against 0.945" in answer
+
+
+def test_14_asserts_orcas_rule_only_with_join_wait_off_and_describes_the_engine_it_runs():
+    """The engine may hold a lone newcomer join_wait steps (default 2); notebook 14 asserts
+    'a waiting request gets a free slot at the next step', so it must turn that off."""
+    nb = cells("14_serve_chat")
+    code = "\n".join(source(c) for c in nb if c["cell_type"] == "code")
+    assert "server.engine.join_wait = 0" in code and "waiting[:free]" in code
+    t = text("14_serve_chat")
+    assert "computes it per group of rows" not in t    # the stacked adapters are the default
+    assert "chat_lora.py" in t and "chat_kernels.py" in t and "chat_prefix.py" in t
+    assert "must be the reference's, token for token" not in t
+    assert "2.25 times one of 1 row" not in t

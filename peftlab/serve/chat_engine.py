@@ -13,11 +13,11 @@ sit idle, and a request that arrives a moment after the batch started waits for 
 Orca (Yu et al. 2022, "Orca: A Distributed Serving System for Transformer-Based Generative
 Models", OSDI) schedules at the granularity of one iteration instead: after every decoding
 step the scheduler may remove finished requests and add new ones, so the batch stays full and
-a new request waits at most one step. vLLM serves the same way. S-LoRA (Sheng et al. 2023,
-"S-LoRA: Serving Thousands of Concurrent LoRA Adapters", MLSys 2024) adds the adapters: the
-base weights are shared by every row, and each row adds its own adapter's B A x in the same
-forward pass (peftlab's pl.lora.route computes it per adapter group, S-LoRA with custom
-kernels over adapters paged in GPU memory).
+a new request waits at most one step (here up to join_wait more if it comes alone: _admit).
+vLLM serves the same way. S-LoRA (Sheng et al. 2023, "S-LoRA: Serving Thousands of Concurrent
+LoRA Adapters", MLSys 2024) adds the adapters: the base weights are shared by every row, and
+each row adds its own adapter's B A x in the same forward pass (peftlab stacks every adapter's
+A and B, chat_lora.py, pl.lora.route the fallback; S-LoRA: custom kernels, paged adapters).
 
 The loop below, on one thread that owns the model (so hot-loading an adapter never races a
 forward pass):
