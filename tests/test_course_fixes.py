@@ -434,3 +434,35 @@ def test_14_asserts_orcas_rule_only_with_join_wait_off_and_describes_the_engine_
     assert "chat_lora.py" in t and "chat_kernels.py" in t and "chat_prefix.py" in t
     assert "must be the reference's, token for token" not in t
     assert "2.25 times one of 1 row" not in t
+
+
+CHECK_PRINT = re.compile(r"(==|match|same|equal|identical|unchanged|base output)[^\n]*\b(True|False)\b",
+                         re.I)
+
+
+def test_a_cell_that_prints_a_check_asserts_it():
+    """A cell that prints the outcome of a check ("...: True") asserts it, or nbval compares its
+    output (# NBVAL_CHECK_OUTPUT): a false claim then fails the notebook instead of printing False."""
+    loose = []
+    for path in sorted(NB_DIR.glob("[0-9][0-9]_*.ipynb")):
+        for i, c in enumerate(cells(path.stem)):
+            if c["cell_type"] != "code":
+                continue
+            printed = "".join("".join(o.get("text", "")) for o in c.get("outputs", [])
+                              if o.get("output_type") == "stream")
+            if CHECK_PRINT.search(printed) and "assert" not in source(c) \
+                    and not source(c).startswith("# NBVAL_CHECK_OUTPUT"):
+                loose.append(f"{path.stem} cell {i}")
+    assert not loose, loose
+
+
+def test_00_05_review_fixes_stay_fixed():
+    t3, t4 = text("03_prefix_and_prompt_tuning"), text("04_gradient_based_selection")
+    assert "validation (in-distribution)" not in t3 and "closes part of the gap" not in t3
+    assert 'top[0].module == "bert.pooler.dense"' in t4          # where the budget goes, checked
+    assert "the head is the hottest of all" not in t4 and "Exercise 2 halves it" not in t4
+    assert "chose on the validation split." not in text("01_full_finetuning")
+    assert "kept.min() >= dropped.max()" in text("05_adaptive_budget_adalora")
+    assert "168,960 LoRA parameters" in read(SOL / "02_lora.md")
+    s4 = read(SOL / "04_gradient_based_selection.md")
+    assert "61,044 entries" in s4 and "usually the last blocks' output projections" not in s4

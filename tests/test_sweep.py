@@ -313,3 +313,12 @@ def test_the_lr_line_says_chosen_only_where_the_sweep_had_a_choice():
     line = rep.budget_lines()[1]
     assert "lora, lora_qv: the grid's only rate (taken, not chosen)" in line
     assert "full (best of 5)" in line and not rep.settings["lr_source"]["file"].startswith("/")
+
+
+def test_the_chat_report_states_each_methods_rate_not_a_zero():
+    """The chat report's budget line once printed the shared budget's placeholder 'lr': 0.0."""
+    from peftlab.compare.report import Report
+    rep = Report.load(Path(__file__).resolve().parents[1] / "notebooks/results/compare_chat")
+    line = next(x for x in rep.table().splitlines() if x.startswith("data budget"))
+    assert "'lr': 0.0" not in line and "lr: full 5e-05, lora 0.002" in line
+    assert "train_size 480, epochs 1, batch_size 8" in line

@@ -1,7 +1,6 @@
 """The comparison report: one row per method, ratios to full fine-tuning, tables and files.
 
-Memory is reported twice, under two names, because the two numbers answer different
-questions:
+Memory is reported twice, under two names, because the two numbers answer different questions:
   training_state_bytes   an exact *count*: weights + gradients + optimizer state + the
                          activations autograd saved for backward on the first batch
                          (peftlab.measure). Deterministic; a lower bound of any real peak.
@@ -314,7 +313,9 @@ class ChatReport(Report):
                    f"(1.0 = nothing forgotten)"),
                   "loss: validation cross-entropy per answer token after training",
                   "state: exact count: weights + gradients + optimizer state + saved activations",
-                  f"data budget: the same for every method: {st.get('budget')}"]
+                  "data budget: the same for every method: " + ", ".join(f"{k} {v}" for k, v in (
+                      st.get("budget") or {}).items() if k != "lr") + "; lr: " + ", ".join(
+                      f"{m} {b['lr']:g}" for m, b in (st.get("budgets") or {}).items())]
         lines += self.timing_lines()
         cats = list(dict.fromkeys(c for r in self.rows for c in (r.get("categories") or {})))
         if cats:
