@@ -1,6 +1,6 @@
 """Two side runs of the family report (notebooks/results/compare_family), 3 seeds each.
 
-    .venv/bin/python benchmarks/family_extra.py parallel-lr 3e-4,1e-3
+    .venv/bin/python benchmarks/family_extra.py parallel-lr 3e-4,1e-3,3e-3
     .venv/bin/python benchmarks/family_extra.py matched-lora
 
 parallel-lr: the parallel bottleneck adapter (He et al. 2022: reduction factor 2, scaling 4) at
@@ -47,7 +47,7 @@ def one(spec, seed: int, lora_r: int | None = None) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("what", choices=["parallel-lr", "matched-lora"])
-    ap.add_argument("rates", nargs="?", default="3e-4,1e-3")
+    ap.add_argument("rates", nargs="?", default="3e-4,1e-3,3e-3")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)

@@ -61,3 +61,5 @@ def test_the_parallel_adapters_rate_was_chosen_on_validation(report):
     tied = [lr for lr, m in mean.items() if m == best]
     chosen = min(tied, key=lambda lr: abs(lr - 3e-3))
     assert {r["method"]: r for r in report.rows}["bottleneck_parallel"]["lr"] == chosen
+    # a real choice: one rate ahead on validation (the old split scored 1.0 for two of them)
+    assert len(tied) == 1 and best < 1.0 and len(mean) == 3
