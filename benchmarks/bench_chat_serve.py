@@ -255,7 +255,9 @@ def main() -> None:
                        "--max-tokens", str(max(args.max_tokens, 16)), *args.serve_arg]
         models = ["base", *[f"a{i}" for i in range(args.adapters)]]
         template = ChatTemplate(tok)
-        ids = [template.prompt_ids([{"role": "user", "content": content(c, j)}])
+        system = [a.split("=", 1)[1] for a in args.serve_arg if a.startswith("--system=")]
+        head = [{"role": "system", "content": system[-1]}] if system else []   # as served
+        ids = [template.prompt_ids([*head, {"role": "user", "content": content(c, j)}])
                for c in range(args.clients) for j in range(8)]
         shared = min(common_prefix(ids[0], i) for i in ids[1:])
         servers = {}
