@@ -159,7 +159,7 @@ def test_queue_full_timeout_and_not_ready(paths, tok):
     assert e.value.status == 503
 
 
-def test_peftlab_serve_picks_the_chat_server(paths, tok, tmp_path):
+def test_peftlab_serve_picks_the_chat_server(paths, tok, tmp_path, capsys):
     from serve_chat_fixtures import base_model
     from starlette.testclient import TestClient
 
@@ -188,3 +188,8 @@ def test_peftlab_serve_picks_the_chat_server(paths, tok, tmp_path):
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] is not None
     with pytest.raises(SystemExit):
         cli.make_app(parser.parse_args(["serve"]), parser)             # nothing to serve
+    with pytest.raises(SystemExit) as e:                   # a bad cache size: exit 2, nothing loaded
+        cli.make_app(parser.parse_args(["serve", "--task", "chat", "--base", "/no/such/base",
+                                        "--prefix-cache-tokens", "-1"]), parser)
+    assert e.value.code == 2
+    assert "--prefix-cache-tokens) must be 0 (no prefix cache)" in capsys.readouterr().err

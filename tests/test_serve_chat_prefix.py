@@ -155,3 +155,15 @@ def test_a_lone_request_waits_join_wait_steps_for_company(paths, tok):
     assert engine._admit(3)                             # two prefill together
     engine.waiting[1].cancel("disconnect")
     assert not engine._admit(3)                         # a cancelled one is no company
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "64", True])
+def test_a_bad_prefix_cache_size_is_refused_before_the_server_starts(ref, tok, bad):
+    from peftlab.serve import create_chat_app
+    before = {k: v.clone() for k, v in ref.state_dict().items()}
+    with pytest.raises(ValueError, match=r"--prefix-cache-tokens\) must be 0 \(no prefix cache\) "
+                                         r"or a positive int, got"):
+        create_chat_app(ref, tok, prefix_cache_tokens=bad)
+    assert sorted(pl.adapter_names(ref)) == ["a", "b"]             # nothing loaded or removed
+    assert all(torch.equal(v, ref.state_dict()[k]) for k, v in before.items())
+    assert PrefixCache(0).max_tokens == 0                   # 0 is the documented "off"

@@ -51,6 +51,7 @@ from peftlab.serve.chat_protocol import (
     sse,
     usage,
 )
+from peftlab.serve.chat_prefix import PrefixCache
 from peftlab.serve.limits import MAX_BODY_BYTES, MAX_QUEUE, BadRequest, check_limits, read_body
 
 MAX_TOKENS = 512                # the most tokens one answer may ask for (max_tokens)
@@ -77,6 +78,7 @@ class ChatServer:
                  prefix_cache_tokens: int = PREFIX_CACHE_TOKENS, onednn: bool = True):
         check_limits(max_batch=max_batch, max_queue=max_queue, max_tokens=max_tokens,
                      max_body_bytes=max_body_bytes, request_timeout=request_timeout)
+        PrefixCache(prefix_cache_tokens)            # a bad size fails here, before anything starts
         if get_method(model) not in (None, "lora"):
             raise ValueError(f"The chat server routes LoRA adapters per row; this model carries "
                              f"{get_method(model)!r}. Serve a LoRA model or a plain base.")

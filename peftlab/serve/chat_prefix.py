@@ -65,6 +65,9 @@ class PrefixCache:
     matches are not worth a lookup's copies and count as misses."""
 
     def __init__(self, max_tokens: int = 2048, min_tokens: int = 4):
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+            raise ValueError(f"prefix_cache_tokens (peftlab serve --prefix-cache-tokens) must be "
+                             f"0 (no prefix cache) or a positive int, got {max_tokens!r}.")
         self.max_tokens, self.min_tokens = max_tokens, min_tokens
         self.entries: collections.OrderedDict[int, Entry] = collections.OrderedDict()
         self.held = 0                                 # tokens in all entries

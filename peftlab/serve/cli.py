@@ -201,6 +201,9 @@ def make_app(args, parser):
                       request_timeout=REQUEST_TIMEOUT_S if timeout is None else timeout)
     try:                                    # a bad limit: one line and exit 2, before loading
         check_limits(**limits)
+        if task == "chat":
+            from peftlab.serve.chat_prefix import PrefixCache
+            PrefixCache(args.prefix_cache_tokens)
     except ValueError as e:
         parser.error(str(e))
     if task == "text":
